@@ -1,0 +1,3 @@
+from .backbones import CvT, QuickGELU
+
+__all__ = ['CvT', 'QuickGELU']

@@ -1,0 +1,197 @@
+"""Reading CvT checkpoints and renaming their keys to this project's CvT.
+
+Formats, told apart by their keys, never by the file name:
+
+- 'official': the official release (``stage0.patch_embed.proj.weight``,
+  ``stage2.cls_token``, ``norm.*``, ``head.*``);
+- 'mmcvt': this project's own :class:`CvT` (``stages.0.patch_embed...``),
+  bare or under ``backbone.`` in a detector or segmentor checkpoint.
+"""
+import re
+
+import torch
+from mmengine.logging import print_log
+from mmengine.runner import CheckpointLoader
+
+# official -> mmcvt; the rest of the names are the same in both
+_OFFICIAL_RENAMES = (
+    (re.compile(r'^stage(\d+)\.'), r'stages.\1.'),
+    (re.compile(r'\.patch_embed\.proj\.'), '.patch_embed.projection.'),
+    (re.compile(r'\.mlp\.fc1\.'), '.ffn.layers.0.0.'),
+    (re.compile(r'\.mlp\.fc2\.'), '.ffn.layers.1.'),
+)
+_OFFICIAL_STAGE = re.compile(r'^stage(\d+)\.')
+_OUT_NORM = re.compile(r'^norm\d+\.')
+_MAX_NAMED_KEYS = 12
+
+
+def convert_official(state_dict):
+    """Official CvT keys -> mmcvt keys.
+
+    ``norm.*``, the classifier's final norm, becomes ``norm{last}.*``, the
+    name of the last stage's output norm; ``head.*`` is kept as it is, for
+    :func:`fit_state_dict` to drop. Pure: returns a new dict holding the
+    same tensors.
+    """
+    stages = {int(m.group(1)) for m in map(_OFFICIAL_STAGE.match, state_dict)
+              if m}
+    last = max(stages)
+    converted = {}
+    for key, value in state_dict.items():
+        if key.startswith('norm.'):
+            key = f'norm{last}.' + key[len('norm.'):]
+        for pattern, replacement in _OFFICIAL_RENAMES:
+            key = pattern.sub(replacement, key)
+        converted[key] = value
+    return converted
+
+
+def detect_format(state_dict):
+    """'official' or 'mmcvt', from the keys."""
+    if any(_OFFICIAL_STAGE.match(key) for key in state_dict):
+        return 'official'
+    if any(key.startswith('stages.') for key in state_dict):
+        return 'mmcvt'
+    raise ValueError(
+        'not a CvT checkpoint: no key looks like the official '
+        '"stage0.patch_embed.proj.weight" or mmcvt\'s '
+        f'"stages.0.patch_embed.projection.weight"; first keys: '
+        f'{_name_keys(list(state_dict))}')
+
+
+def _name_keys(keys):
+    keys = sorted(keys)
+    named = ', '.join(keys[:_MAX_NAMED_KEYS])
+    more = len(keys) - _MAX_NAMED_KEYS
+    return f'[{named}' + (f', ... and {more} more]' if more > 0 else ']')
+
+
+def _strip_prefix(state_dict, prefix):
+    return {k[len(prefix):]: v for k, v in state_dict.items()
+            if k.startswith(prefix)}
+
+
+def extract_state_dict(checkpoint):
+    """The backbone's state_dict from a loaded checkpoint object.
+
+    Unwraps ``state_dict`` or ``model``; keeps only the ``backbone.`` part of
+    a detector or segmentor checkpoint; strips DataParallel's ``module.``.
+    """
+    for wrapper in ('state_dict', 'model'):
+        if isinstance(checkpoint, dict) and isinstance(
+                checkpoint.get(wrapper), dict):
+            checkpoint = checkpoint[wrapper]
+            break
+    if not isinstance(checkpoint, dict) or not all(
+            isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise ValueError('expected a state_dict of tensors, plain or under '
+                         '"state_dict" or "model"')
+    if checkpoint and all(k.startswith('module.') for k in checkpoint):
+        checkpoint = _strip_prefix(checkpoint, 'module.')
+    if any(k.startswith('backbone.') for k in checkpoint):
+        checkpoint = _strip_prefix(checkpoint, 'backbone.')
+    return checkpoint
+
+
+def read_checkpoint(filename):
+    """Loads a checkpoint file or URL on the CPU; errors name the file."""
+    try:
+        return CheckpointLoader.load_checkpoint(
+            filename, map_location='cpu', logger='current')
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f'CvT checkpoint {filename!r} does not exist: {e}') from e
+    except Exception as e:
+        raise RuntimeError(f'cannot read CvT checkpoint {filename!r}: '
+                           f'{type(e).__name__}: {e}') from e
+
+
+def load_cvt_state_dict(filename):
+    """Reads a checkpoint in any supported format.
+
+    Returns:
+        tuple[dict, str]: The state_dict with mmcvt key names, and the
+        format it came in.
+    """
+    try:
+        state_dict = extract_state_dict(read_checkpoint(filename))
+        fmt = detect_format(state_dict)
+    except ValueError as e:
+        raise ValueError(f'CvT checkpoint {filename!r}: {e}') from e
+    if fmt == 'official':
+        state_dict = convert_official(state_dict)
+    return state_dict, fmt
+
+
+def fit_state_dict(state_dict, fmt, model):
+    """Matches a converted state_dict against a :class:`CvT`, strictly.
+
+    Only these keys may differ between the checkpoint and the model:
+
+    - a classifier's head and final norm (official format): dropped, the
+      norm unless ``model`` has an output norm on its last stage to take it;
+    - the last stage's cls token, dropped when ``model`` has none;
+    - output norms ``norm{i}`` that the checkpoint lacks: they are new
+      layers for dense prediction and keep their fresh initialisation.
+
+    Anything else missing, unexpected or of another shape is an error that
+    names the keys: a backbone that silently stays random is the worst
+    outcome.
+
+    Returns:
+        tuple[dict, list, list]: What to load, the dropped keys and the
+        output-norm keys left to their initialisation.
+    """
+    own = model.state_dict()
+    last = model.num_stages - 1
+    droppable = {f'stages.{last}.cls_token'}
+    if fmt != 'mmcvt':
+        droppable |= {
+            k for k in state_dict
+            if k.startswith(('head.', f'norm{last}.'))
+        }
+
+    unexpected = [k for k in state_dict if k not in own]
+    dropped = [k for k in unexpected if k in droppable]
+    unexpected = [k for k in unexpected if k not in droppable]
+    missing = [k for k in own if k not in state_dict]
+    fresh = [k for k in missing if _OUT_NORM.match(k)]
+    missing = [k for k in missing if k not in fresh]
+    mismatched = [
+        f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
+        for k, v in state_dict.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    problems = [
+        f'{what} {_name_keys(keys)}'
+        for what, keys in (('missing keys', missing),
+                           ('unexpected keys', unexpected),
+                           ('shape mismatches', mismatched)) if keys
+    ]
+    if problems:
+        raise ValueError(
+            f'the {fmt}-format checkpoint does not fit this CvT '
+            f'(embed_dims={model.arch["embed_dims"]}, '
+            f'depths={model.arch["depths"]}, '
+            f'cls_token={model.with_cls_token}): ' + '; '.join(problems) +
+            '. Check `arch`, `cls_token` and the checkpoint.')
+    kept = {k: v for k, v in state_dict.items() if k not in dropped}
+    return kept, dropped, fresh
+
+
+def load_pretrained(model, filename):
+    """Loads a checkpoint file or URL in any supported format into a
+    :class:`CvT`, under the rules of :func:`fit_state_dict`."""
+    state_dict, fmt = load_cvt_state_dict(filename)
+    try:
+        kept, dropped, fresh = fit_state_dict(state_dict, fmt, model)
+    except ValueError as e:
+        raise ValueError(f'CvT checkpoint {filename!r}: {e}') from e
+    # fit_state_dict has checked every key; only `fresh` ones are missing
+    model.load_state_dict(kept, strict=False)
+    print_log(
+        f'loaded {len(kept)} tensors from {filename} ({fmt} format)' +
+        (f'; dropped {_name_keys(dropped)}' if dropped else '') +
+        (f'; output norms left to their initialisation {_name_keys(fresh)}'
+         if fresh else ''),
+        logger='current')
