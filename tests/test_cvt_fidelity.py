@@ -8,6 +8,8 @@ import torch
 from mmcvt.models import CvT
 from mmcvt.models.backbones.cvt_checkpoint import convert_official
 
+from .utils import relative_error
+
 # With a 1000-class head, as the official code counts them (BN buffers not
 # counted); the paper rounds them to 20M, 32M and 277M.
 OFFICIAL_PARAMS = {'13': 19_997_480, '21': 31_622_696, 'w24': 277_196_392}
@@ -63,10 +65,6 @@ def arch_from_official_spec(spec):
         stride_kv=spec['STRIDE_KV'],
         padding_q=spec['PADDING_Q'],
         padding_kv=spec['PADDING_KV'])
-
-
-def relative_error(out, ref):
-    return ((out - ref).norm() / ref.norm()).item()
 
 
 @pytest.mark.parametrize('case', range(4))

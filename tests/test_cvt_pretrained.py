@@ -147,3 +147,10 @@ def test_a_checkpoint_of_another_model_is_an_error(tmp_path):
     path = save({'conv1.weight': torch.zeros(1)}, tmp_path, 'resnet.pth')
     with pytest.raises(ValueError, match='resnet.pth.*not a CvT checkpoint'):
         load(path)
+
+
+def test_own_output_norms_the_model_lacks_are_dropped(tmp_path):
+    weights = random_mmcvt_state_dict()  # with norm0..norm2
+    model = load(save(weights, tmp_path), out_norm=False)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, weights[key], msg=key)

@@ -1,25 +1,34 @@
 """Checkpoint loading schemes for mmengine's ``CheckpointLoader``.
 
-Why the local-file scheme is replaced: mmengine 0.10.x reads local files with
-a bare ``torch.load``, which from torch 2.6 on means ``weights_only=True``.
-The checkpoints that mmengine's own Runner writes hold more than weights
-(``HistoryBuffer`` logs, numpy arrays, scheduler state), so ``--resume`` and
-``load_from`` fail on them. No mmengine release fixes this, and site-packages
-is not ours to edit.
+``import mmcvt`` installs three, so that every ``init_cfg``, ``load_from``
+and ``--resume`` in the process reads checkpoints the same way:
 
-:func:`load_from_local_file` keeps the safe ``weights_only=True`` load for
-every file it can read, which covers plain weight files such as the CvT
-releases. Only when that fails does it look at the globals the pickle names,
-without running it, and unpickle fully if they are exactly what an mmengine
-Runner writes. Anything else is refused with the names of the objects.
-Like any pickle, a full unpickle is only as safe as the file is trusted.
+- local files (``''``), replacing mmengine's. mmengine 0.10.x reads them with
+  a bare ``torch.load``, which from torch 2.6 on means ``weights_only=True``;
+  the checkpoints mmengine's own Runner writes hold more than weights
+  (``HistoryBuffer`` logs, numpy arrays, scheduler state), so ``--resume``
+  and ``load_from`` fail on them, and no mmengine release fixes it. The
+  replacement also reads safetensors files and transformers directories.
+- ``hf://<repo>[@<revision>]``: weights of a Hugging Face hub repository
+  through huggingface_hub's cache, so it works offline once cached.
+- ``http://`` and ``https://``, replacing mmengine's: torch.hub caches a
+  download under the URL's last part alone, so two URLs ending in
+  ``pytorch_model.bin`` would share one file. Here each URL gets its own.
 """
+import hashlib
+import os
 import os.path as osp
 import pickle
 import re
+import struct
+from urllib.parse import urlparse
 
 import torch
+from mmengine.dist import get_dist_info
 from mmengine.runner import CheckpointLoader
+
+# transformers' names for a single-file checkpoint, in its order of choice
+HF_WEIGHTS_NAMES = ('model.safetensors', 'pytorch_model.bin')
 
 # The globals that mmengine 0.10's Runner checkpoints name, beyond what
 # torch allows by default: numpy arrays and scalars (numpy 1.x and 2.x module
@@ -34,19 +43,30 @@ _RUNNER_CHECKPOINT_GLOBALS = re.compile(
     r'|collections\.Counter')
 
 
-def load_from_local_file(filename, map_location=None):
-    """mmengine's local-file loader, readable under torch >= 2.6.
+def _is_safetensors(filename):
+    """A safetensors file starts with the little-endian length of a JSON
+    header; torch's zip and pickle files cannot pass for one."""
+    with open(filename, 'rb') as f:
+        head = f.read(9)
+    if len(head) < 9:
+        return False
+    header_length = struct.unpack('<Q', head[:8])[0]
+    return head[8:9] == b'{' and header_length <= osp.getsize(filename) - 8
 
-    Args:
-        filename (str): Path of the checkpoint.
-        map_location: As for :func:`torch.load`.
 
-    Returns:
-        The loaded checkpoint object.
-    """
-    filename = osp.expanduser(filename)
-    if not osp.isfile(filename):
-        raise FileNotFoundError(f'{filename} can not be found.')
+def _weights_file_in(directory):
+    for name in HF_WEIGHTS_NAMES:
+        if osp.isfile(osp.join(directory, name)):
+            return osp.join(directory, name)
+    raise FileNotFoundError(
+        f'{directory} is a directory without a checkpoint: it holds none of '
+        f'{list(HF_WEIGHTS_NAMES)} (it has {sorted(os.listdir(directory))})')
+
+
+def _torch_load(filename, map_location):
+    """``weights_only=True`` first; a full unpickle only for files whose
+    globals, read without running the pickle, are those of mmengine Runner
+    checkpoints. Like any pickle, that is only as safe as the file."""
     try:
         return torch.load(filename, map_location=map_location,
                           weights_only=True)
@@ -65,7 +85,103 @@ def load_from_local_file(filename, map_location=None):
     return torch.load(filename, map_location=map_location, weights_only=False)
 
 
+def load_from_local_file(filename, map_location=None):
+    """mmengine's local loader, readable under torch >= 2.6, and for
+    safetensors files and transformers directories too.
+
+    Args:
+        filename (str): A torch or safetensors file, or a directory holding
+            ``model.safetensors`` or ``pytorch_model.bin``.
+        map_location: As for :func:`torch.load`.
+
+    Returns:
+        The loaded checkpoint object.
+    """
+    filename = osp.expanduser(filename)
+    if osp.isdir(filename):
+        filename = _weights_file_in(filename)
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f'{filename} can not be found.')
+    if _is_safetensors(filename):
+        from safetensors.torch import load_file
+        device = map_location if isinstance(map_location, str) else 'cpu'
+        return load_file(filename, device=device)
+    return _torch_load(filename, map_location)
+
+
+def _parse_hf_url(url):
+    repo, _, revision = url[len('hf://'):].partition('@')
+    if repo.count('/') != 1 or not all(repo.split('/')):
+        raise ValueError(f'{url!r} is not of the form '
+                         f'hf://<owner>/<name>[@<revision>]')
+    return repo, revision or None
+
+
+def load_from_hf_hub(url, map_location=None):
+    """``hf://<owner>/<name>[@<revision>]``: the repository's
+    ``model.safetensors`` or else ``pytorch_model.bin``.
+
+    It goes through huggingface_hub's cache (``HF_HOME``, ``HF_HUB_CACHE``)
+    and honours ``HF_HUB_OFFLINE``, so a cached repository loads without the
+    network.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    repo, revision = _parse_hf_url(url)
+    misses = []
+    for name in HF_WEIGHTS_NAMES:
+        try:
+            path = hf_hub_download(repo, name, revision=revision)
+        except EntryNotFoundError as e:  # also: not cached and no network
+            misses.append(f'{name}: {str(e).splitlines()[0]}')
+            continue
+        return load_from_local_file(path, map_location)
+    raise FileNotFoundError(
+        f'no weights for {url}: neither the hub nor the local cache '
+        f'({_hf_cache_dir()}) has {" or ".join(HF_WEIGHTS_NAMES)} '
+        f'({"; ".join(misses)}). Offline, fill the cache first on a machine '
+        f'with network (`hf download {repo}`), or point the checkpoint at a '
+        f'local file.')
+
+
+def _hf_cache_dir():
+    from huggingface_hub import constants
+    return constants.HF_HUB_CACHE
+
+
+def url_cache_path(url):
+    """Where a URL's download is kept: torch.hub's checkpoint directory, in
+    a folder named after the URL's hash, under the URL's file name."""
+    name = osp.basename(urlparse(url).path) or 'checkpoint'
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return osp.join(torch.hub.get_dir(), 'checkpoints', digest, name)
+
+
+def load_from_url(url, map_location=None):
+    """http(s) URLs, downloaded once each. As in mmengine, rank 0 downloads
+    first; the other ranks then find the file or fetch their own copy."""
+    filename = url_cache_path(url)
+
+    def download():
+        if not osp.isfile(filename):
+            os.makedirs(osp.dirname(filename), exist_ok=True)
+            torch.hub.download_url_to_file(url, filename, progress=False)
+
+    rank, world_size = get_dist_info()
+    if rank == 0:
+        download()
+    if world_size > 1:
+        torch.distributed.barrier()
+        download()
+    return load_from_local_file(filename, map_location)
+
+
 def register_checkpoint_loaders():
     """Installs mmcvt's loaders in mmengine's ``CheckpointLoader``."""
     CheckpointLoader.register_scheme(
         prefixes='', loader=load_from_local_file, force=True)
+    CheckpointLoader.register_scheme(
+        prefixes='hf://', loader=load_from_hf_hub, force=True)
+    CheckpointLoader.register_scheme(
+        prefixes=('http://', 'https://'), loader=load_from_url, force=True)

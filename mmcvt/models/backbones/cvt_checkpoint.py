@@ -4,8 +4,16 @@ Formats, told apart by their keys, never by the file name:
 
 - 'official': the official release (``stage0.patch_embed.proj.weight``,
   ``stage2.cls_token``, ``norm.*``, ``head.*``);
+- 'hf': transformers' ``CvtForImageClassification`` or bare ``CvtModel``
+  (``[cvt.]encoder.stages.0.embedding.convolution_embeddings...``,
+  ``layernorm.*``, ``classifier.*``), the same weights under a 1:1 renaming
+  of the official ones;
 - 'mmcvt': this project's own :class:`CvT` (``stages.0.patch_embed...``),
   bare or under ``backbone.`` in a detector or segmentor checkpoint.
+
+Files (.pth, .bin, .safetensors, a transformers directory, hf:// and URLs)
+are read by mmengine's ``CheckpointLoader`` with the loaders of
+:mod:`mmcvt.engine.checkpoint_loader`.
 """
 import re
 
@@ -20,9 +28,51 @@ _OFFICIAL_RENAMES = (
     (re.compile(r'\.mlp\.fc1\.'), '.ffn.layers.0.0.'),
     (re.compile(r'\.mlp\.fc2\.'), '.ffn.layers.1.'),
 )
+# transformers -> official, applied in order ('attention.output.dense' must
+# be renamed before the MLP's 'output.dense'); ([qkv])(?:uery|ey|alue)
+# keeps the first letter of query, key and value
+_QKV = r'([qkv])(?:uery|ey|alue)'
+_HF_RENAMES = (
+    (re.compile(r'^(?:cvt\.)?encoder\.stages\.(\d+)\.'), r'stage\1.'),
+    (re.compile(r'\.embedding\.convolution_embeddings\.projection\.'),
+     '.patch_embed.proj.'),
+    (re.compile(r'\.embedding\.convolution_embeddings\.normalization\.'),
+     '.patch_embed.norm.'),
+    (re.compile(r'\.layers\.(\d+)\.'), r'.blocks.\1.'),
+    (re.compile(r'\.attention\.attention\.convolution_projection_' + _QKV +
+                r'\.convolution_projection\.convolution\.'),
+     r'.attn.conv_proj_\1.conv.'),
+    (re.compile(r'\.attention\.attention\.convolution_projection_' + _QKV +
+                r'\.convolution_projection\.normalization\.'),
+     r'.attn.conv_proj_\1.bn.'),
+    (re.compile(r'\.attention\.attention\.projection_' + _QKV + r'\.'),
+     r'.attn.proj_\1.'),
+    (re.compile(r'\.attention\.output\.dense\.'), '.attn.proj.'),
+    (re.compile(r'\.intermediate\.dense\.'), '.mlp.fc1.'),
+    (re.compile(r'\.output\.dense\.'), '.mlp.fc2.'),
+    (re.compile(r'\.layernorm_before\.'), '.norm1.'),
+    (re.compile(r'\.layernorm_after\.'), '.norm2.'),
+    (re.compile(r'^layernorm\.'), 'norm.'),
+    (re.compile(r'^classifier\.'), 'head.'),
+)
+_HF_STAGE = _HF_RENAMES[0][0]
 _OFFICIAL_STAGE = re.compile(r'^stage(\d+)\.')
 _OUT_NORM = re.compile(r'^norm\d+\.')
 _MAX_NAMED_KEYS = 12
+
+
+def _rename(state_dict, renames):
+    renamed = {}
+    for key, value in state_dict.items():
+        for pattern, replacement in renames:
+            key = pattern.sub(replacement, key)
+        renamed[key] = value
+    return renamed
+
+
+def hf_to_official(state_dict):
+    """transformers CvT keys -> official keys. Pure."""
+    return _rename(state_dict, _HF_RENAMES)
 
 
 def convert_official(state_dict):
@@ -33,29 +83,35 @@ def convert_official(state_dict):
     :func:`fit_state_dict` to drop. Pure: returns a new dict holding the
     same tensors.
     """
-    stages = {int(m.group(1)) for m in map(_OFFICIAL_STAGE.match, state_dict)
-              if m}
-    last = max(stages)
-    converted = {}
-    for key, value in state_dict.items():
-        if key.startswith('norm.'):
-            key = f'norm{last}.' + key[len('norm.'):]
-        for pattern, replacement in _OFFICIAL_RENAMES:
-            key = pattern.sub(replacement, key)
-        converted[key] = value
-    return converted
+    last = max(int(m.group(1))
+               for m in map(_OFFICIAL_STAGE.match, state_dict) if m)
+    final_norm = (re.compile(r'^norm\.'), f'norm{last}.')
+    return _rename(state_dict, (final_norm, ) + _OFFICIAL_RENAMES)
+
+
+def convert_hf(state_dict):
+    """transformers CvT keys -> mmcvt keys, through the official ones."""
+    return convert_official(hf_to_official(state_dict))
+
+
+_CONVERTERS = {
+    'official': convert_official,
+    'hf': convert_hf,
+    'mmcvt': dict,
+}
 
 
 def detect_format(state_dict):
-    """'official' or 'mmcvt', from the keys."""
-    if any(_OFFICIAL_STAGE.match(key) for key in state_dict):
-        return 'official'
-    if any(key.startswith('stages.') for key in state_dict):
-        return 'mmcvt'
+    """'official', 'hf' or 'mmcvt', from the keys."""
+    for fmt, stage_key in (('official', _OFFICIAL_STAGE), ('hf', _HF_STAGE),
+                           ('mmcvt', re.compile(r'^stages\.\d+\.'))):
+        if any(stage_key.match(key) for key in state_dict):
+            return fmt
     raise ValueError(
         'not a CvT checkpoint: no key looks like the official '
-        '"stage0.patch_embed.proj.weight" or mmcvt\'s '
-        f'"stages.0.patch_embed.projection.weight"; first keys: '
+        '"stage0.patch_embed.proj.weight", transformers\' '
+        '"cvt.encoder.stages.0.embedding..." or mmcvt\'s '
+        f'"stages.0.patch_embed.projection.weight"; keys: '
         f'{_name_keys(list(state_dict))}')
 
 
@@ -118,42 +174,42 @@ def load_cvt_state_dict(filename):
         fmt = detect_format(state_dict)
     except ValueError as e:
         raise ValueError(f'CvT checkpoint {filename!r}: {e}') from e
-    if fmt == 'official':
-        state_dict = convert_official(state_dict)
-    return state_dict, fmt
+    return _CONVERTERS[fmt](state_dict), fmt
 
 
-def fit_state_dict(state_dict, fmt, model):
-    """Matches a converted state_dict against a :class:`CvT`, strictly.
+def fit_state_dict(state_dict, model):
+    """Matches a state_dict with mmcvt names against a :class:`CvT`.
 
-    Only these keys may differ between the checkpoint and the model:
+    Only these keys may differ between the two:
 
-    - a classifier's head and final norm (official format): dropped, the
-      norm unless ``model`` has an output norm on its last stage to take it;
-    - the last stage's cls token, dropped when ``model`` has none;
-    - output norms ``norm{i}`` that the checkpoint lacks: they are new
-      layers for dense prediction and keep their fresh initialisation.
+    - a classifier's ``head.*``: dropped;
+    - the last stage's cls token: dropped when ``model`` has none;
+    - output norms ``norm{i}.*``: they exist for dense prediction only. One
+      the checkpoint lacks keeps its fresh initialisation; one the model
+      lacks (a classifier's final norm, say, with ``out_norm=False``) is
+      dropped.
 
     Anything else missing, unexpected or of another shape is an error that
     names the keys: a backbone that silently stays random is the worst
     outcome.
 
     Returns:
-        tuple[dict, list, list]: What to load, the dropped keys and the
+        tuple[dict, list, list]: What to load, the dropped keys, and the
         output-norm keys left to their initialisation.
+
+    Raises:
+        ValueError: On any other difference.
     """
     own = model.state_dict()
-    last = model.num_stages - 1
-    droppable = {f'stages.{last}.cls_token'}
-    if fmt != 'mmcvt':
-        droppable |= {
-            k for k in state_dict
-            if k.startswith(('head.', f'norm{last}.'))
-        }
+    cls_token = f'stages.{model.num_stages - 1}.cls_token'
+
+    def droppable(key):
+        return key == cls_token or key.startswith('head.') or _OUT_NORM.match(
+            key)
 
     unexpected = [k for k in state_dict if k not in own]
-    dropped = [k for k in unexpected if k in droppable]
-    unexpected = [k for k in unexpected if k not in droppable]
+    dropped = [k for k in unexpected if droppable(k)]
+    unexpected = [k for k in unexpected if not droppable(k)]
     missing = [k for k in own if k not in state_dict]
     fresh = [k for k in missing if _OUT_NORM.match(k)]
     missing = [k for k in missing if k not in fresh]
@@ -170,10 +226,9 @@ def fit_state_dict(state_dict, fmt, model):
     ]
     if problems:
         raise ValueError(
-            f'the {fmt}-format checkpoint does not fit this CvT '
-            f'(embed_dims={model.arch["embed_dims"]}, '
-            f'depths={model.arch["depths"]}, '
-            f'cls_token={model.with_cls_token}): ' + '; '.join(problems) +
+            f'it does not fit this CvT (embed_dims={model.arch["embed_dims"]}'
+            f', depths={model.arch["depths"]}, cls_token='
+            f'{model.with_cls_token}): ' + '; '.join(problems) +
             '. Check `arch`, `cls_token` and the checkpoint.')
     kept = {k: v for k, v in state_dict.items() if k not in dropped}
     return kept, dropped, fresh
@@ -184,9 +239,10 @@ def load_pretrained(model, filename):
     :class:`CvT`, under the rules of :func:`fit_state_dict`."""
     state_dict, fmt = load_cvt_state_dict(filename)
     try:
-        kept, dropped, fresh = fit_state_dict(state_dict, fmt, model)
+        kept, dropped, fresh = fit_state_dict(state_dict, model)
     except ValueError as e:
-        raise ValueError(f'CvT checkpoint {filename!r}: {e}') from e
+        raise ValueError(
+            f'CvT checkpoint {filename!r} ({fmt} format): {e}') from e
     # fit_state_dict has checked every key; only `fresh` ones are missing
     model.load_state_dict(kept, strict=False)
     print_log(
