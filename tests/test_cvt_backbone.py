@@ -412,3 +412,16 @@ def test_frozen_stages_out_of_range_are_a_value_error():
 def test_an_unknown_attn_impl_is_a_value_error():
     with pytest.raises(ValueError, match='attn_impl'):
         tiny_cvt(attn_impl='flash')
+
+
+def test_outputs_are_contiguous_nchw_for_compiled_ops():
+    # a channels_last view would reach mmcv's RoIAlign through the FPN's
+    # convs, and RoIAlign reads its input as contiguous NCHW
+    from mmcv.ops import roi_align
+    features = tiny_cvt().eval()(torch.rand(1, 3, 64, 64))
+    assert all(f.is_contiguous() for f in features)
+    lateral = nn.Conv2d(16, 8, 1)(features[0])
+    rois = torch.tensor([[0., 4., 4., 40., 40.]])
+    torch.testing.assert_close(
+        roi_align(lateral, rois, (7, 7), 0.25, 2, 'avg', True),
+        roi_align(lateral.contiguous(), rois, (7, 7), 0.25, 2, 'avg', True))

@@ -575,14 +575,25 @@ class CvT(BaseModule):
         self._check_input(x)
         maps = {}
         for i, stage in enumerate(self.stages):
-            tokens, (h, w), _ = stage(x)
-            x = rearrange(tokens, 'b (h w) c -> b c h w', h=h, w=w)
+            tokens, hw_shape, _ = stage(x)
+            x = self._to_map(tokens, hw_shape)
             if i in self.out_indices:
                 if self.out_norm:
                     tokens = getattr(self, f'norm{i}')(tokens)
-                maps[i] = rearrange(
-                    tokens, 'b (h w) c -> b c h w', h=h, w=w)
+                maps[i] = self._to_map(tokens, hw_shape)
         return tuple(maps[i] for i in self.out_indices)
+
+    @staticmethod
+    def _to_map(tokens, hw_shape):
+        """(B, H * W, C) tokens -> contiguous (B, C, H, W) map.
+
+        A mere view would be channels_last in memory. Convs pass that layout
+        on: mmcv's compiled ops (RoIAlign on the CPU) then misread their
+        input, and DDP warns that weight gradients lost their layout.
+        """
+        return rearrange(
+            tokens, 'b (h w) c -> b c h w', h=hw_shape[0],
+            w=hw_shape[1]).contiguous()
 
     # ---- training modes ----------------------------------------------------
     def _frozen_modules(self):
