@@ -1,0 +1,324 @@
+"""Mask R-CNN with CvT: the shipped configs, the tools and the demo, on the
+built-in shapes data."""
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.dataset import pseudo_collate
+from mmengine.hooks import Hook
+from mmengine.optim import build_optim_wrapper
+from mmengine.registry import DATASETS, HOOKS, MODELS, init_default_scope
+
+from mmcvt.engine import load_from_local_file
+from mmcvt.models import CvT
+
+from .utils import REPO, load_tool
+
+make_shapes = load_tool('misc/make_shapes_dataset.py')
+train_tool = load_tool('train.py')
+test_tool = load_tool('test.py')
+show_predictions = load_tool('misc/show_predictions.py')
+
+DEMO = 'configs/demo/maskrcnn_cvt13_shapes.py'
+COCO_CONFIGS = [
+    'configs/maskrcnn_cvt13_coco.py',
+    'configs/maskrcnn_cvt21_coco.py',
+    'configs/maskrcnn_cvt13_ms-3x_coco.py',
+]
+
+
+@pytest.fixture(scope='module')
+def shapes(tmp_path_factory):
+    """A small shapes data set: 16 training and 8 validation images."""
+    root = tmp_path_factory.mktemp('shapes')
+    make_shapes.main(['--task', 'instance', '--out', str(root),
+                      '--num-train', '16', '--num-val', '8'])
+    return root
+
+
+def shapes_options(root, work_dir, name, **extra):
+    """--cfg-options that point the demo config at `root` for one short
+    epoch of 4 iterations."""
+    options = {
+        'train_dataloader.dataset.data_root': f'{root}/',
+        'val_dataloader.dataset.data_root': f'{root}/',
+        'test_dataloader.dataset.data_root': f'{root}/',
+        'val_evaluator.ann_file': f'{root}/annotations/instances_val.json',
+        'test_evaluator.ann_file': f'{root}/annotations/instances_val.json',
+        'train_dataloader.batch_size': '4',
+        'train_cfg.max_epochs': '1',
+        'train_cfg.val_interval': '1',
+        'default_hooks.checkpoint.interval': '1',
+        # unique: runners made in one second would share their logger
+        'experiment_name': name,
+    }
+    options.update(extra)
+    return ['--work-dir', str(work_dir), '--cfg-options'] + [
+        f'{k}={v}' for k, v in options.items()
+    ]
+
+
+# ---- configs ----------------------------------------------------------------
+def load_config(path):
+    cfg = Config.fromfile(REPO / path)
+    init_default_scope(cfg.default_scope)
+    return cfg
+
+
+@pytest.mark.parametrize('path', COCO_CONFIGS + [DEMO])
+def test_a_config_builds_and_takes_a_finite_training_step(path, shapes):
+    cfg = load_config(path)
+    cfg.model.backbone.init_cfg = None  # no network for hf:// here
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    # the demo's pipeline: small images keep one step of any config cheap
+    dataset = DATASETS.build(
+        dict(load_config(DEMO).train_dataloader.dataset,
+             data_root=f'{shapes}/'))
+    batch = pseudo_collate([dataset[i] for i in range(2)])
+    losses = model.train_step(batch, optim_wrapper)
+    assert losses and all(torch.isfinite(v) for v in losses.values())
+
+
+@pytest.mark.parametrize('path', COCO_CONFIGS)
+def test_coco_train_pipelines_run_on_an_image(path, shapes):
+    cfg = load_config(path)
+    dataset = DATASETS.build(
+        dict(cfg.train_dataloader.dataset,
+             data_root=f'{shapes}/',
+             ann_file='annotations/instances_train.json',
+             data_prefix=dict(img='train/'),
+             metainfo=dict(classes=make_shapes.CLASSES)))
+    packed = dataset[0]
+    assert packed['inputs'].shape[0] == 3
+    assert len(packed['data_samples'].gt_instances) > 0
+
+
+def test_coco_configs_use_the_papers_backbone_settings():
+    settings = {
+        path: load_config(path).model.backbone for path in COCO_CONFIGS
+    }
+    cvt13, cvt21, cvt13_3x = settings.values()
+    assert (cvt13.arch, cvt13.drop_path_rate) == ('13', 0.1)
+    assert (cvt21.arch, cvt21.drop_path_rate) == ('21', 0.2)
+    assert cvt13.init_cfg.checkpoint == 'hf://microsoft/cvt-13'
+    assert cvt21.init_cfg.checkpoint == 'hf://microsoft/cvt-21'
+    assert cvt13_3x == cvt13
+    assert all(b.norm_eval for b in settings.values())
+
+
+def test_the_fpn_gives_five_levels_from_the_three_cvt_stages():
+    cfg = load_config('configs/maskrcnn_cvt13_coco.py')
+    cfg.model.backbone.init_cfg = None
+    model = MODELS.build(cfg.model).eval()
+    with torch.no_grad():
+        levels = model.extract_feat(torch.rand(1, 3, 128, 192))
+    assert [tuple(level.shape[2:]) for level in levels] == [
+        (32, 48), (16, 24), (8, 12), (4, 6), (2, 3)]
+
+
+def test_no_weight_decay_on_norms_biases_and_depthwise_convs():
+    cfg = load_config('configs/maskrcnn_cvt13_coco.py')
+    cfg.model.backbone.init_cfg = None
+    model = MODELS.build(cfg.model)
+    optimizer = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
+    decay = {id(p): g['weight_decay'] for g in optimizer.param_groups
+             for p in g['params']}
+    block = model.backbone.stages[1].blocks[0]
+    assert decay[id(block.norm1.weight)] == 0
+    assert decay[id(block.attn.proj_q.bias)] == 0
+    assert decay[id(block.attn.conv_proj_k.conv.weight)] == 0
+    assert decay[id(block.attn.proj_q.weight)] == 0.05
+    assert optimizer.defaults['lr'] == 1e-4
+
+
+def test_ms_3x_config_trains_36_epochs_at_several_scales():
+    cfg = load_config('configs/maskrcnn_cvt13_ms-3x_coco.py')
+    assert cfg.train_cfg.max_epochs == 36
+    assert cfg.param_scheduler[1].milestones == [27, 33]
+    choice = cfg.train_dataloader.dataset.pipeline[3]
+    assert choice.type == 'RandomChoice'
+
+
+def test_missing_coco_data_is_an_error_naming_the_path(tmp_path,
+                                                       monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no data/coco here
+    with pytest.raises(FileNotFoundError,
+                       match='data/coco/annotations/instances_train2017.json'):
+        train_tool.main([str(REPO / 'configs/maskrcnn_cvt13_coco.py')])
+
+
+# ---- the demo, end to end ---------------------------------------------------
+@pytest.fixture(scope='module')
+def demo_run(shapes, tmp_path_factory):
+    """tools/train.py on the demo config for one epoch of 4 iterations."""
+    work_dir = tmp_path_factory.mktemp('demo')
+    train_tool.main([str(REPO / DEMO)] +
+                    shapes_options(shapes, work_dir, 'demo-train'))
+    return work_dir
+
+
+def test_the_demo_trains_and_saves_a_checkpoint(demo_run):
+    assert (demo_run / 'epoch_1.pth').is_file()
+
+
+def test_tools_test_reports_bbox_and_segm_map(demo_run, shapes):
+    metrics = test_tool.main(
+        [str(REPO / DEMO), str(demo_run / 'epoch_1.pth')] +
+        shapes_options(shapes, demo_run, 'demo-test'))
+    for key in ('coco/bbox_mAP', 'coco/segm_mAP', 'coco/bbox_mAP_50'):
+        assert 0 <= metrics[key] <= 1
+
+
+def test_show_predictions_writes_one_png(demo_run, shapes, tmp_path):
+    out = tmp_path / 'predictions.png'
+    show_predictions.main([
+        str(REPO / DEMO), str(demo_run / 'epoch_1.pth'), '--out', str(out),
+        '--num', '3', '--cfg-options',
+        f'test_dataloader.dataset.data_root={shapes}/'
+    ])
+    assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_a_detector_checkpoint_loads_into_the_backbone(demo_run):
+    checkpoint = demo_run / 'epoch_1.pth'
+    backbone = CvT('13', init_cfg=dict(type='Pretrained',
+                                       checkpoint=str(checkpoint)))
+    backbone.init_weights()
+    saved = load_from_local_file(str(checkpoint))['state_dict']
+    torch.testing.assert_close(
+        backbone.stages[2].blocks[9].ffn.layers[1].weight,
+        saved['backbone.stages.2.blocks.9.ffn.layers.1.weight'])
+
+
+# ---- resuming an interrupted run --------------------------------------------
+class Interrupted(Exception):
+    pass
+
+
+@HOOKS.register_module(force=True)
+class InterruptAfterIter(Hook):
+    """Stops training as a crash would, after a given iteration."""
+
+    def __init__(self, after_iter):
+        self.after_iter = after_iter
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None,
+                         outputs=None):
+        if runner.iter + 1 == self.after_iter:
+            raise Interrupted
+
+
+@HOOKS.register_module(force=True)
+class RecordResumedState(Hook):
+    """Records where training starts and the optimizer state it starts with."""
+    records = []
+
+    def before_train(self, runner):
+        # a copy: the state's tensors are updated in place while training
+        RecordResumedState.records.append(
+            copy.deepcopy(dict(epoch=runner.epoch, iter=runner.iter,
+                               optimizer=runner.optim_wrapper.state_dict())))
+
+
+def demo_with_hooks(tmp_path, name, hooks):
+    """A config file: the demo's, with custom hooks."""
+    config = tmp_path / f'{name}.py'
+    config.write_text(f'_base_ = {str(REPO / DEMO)!r}\n'
+                      f'custom_hooks = {hooks!r}\n')
+    return str(config)
+
+
+def test_resume_continues_an_interrupted_run_from_its_last_checkpoint(
+        shapes, tmp_path):
+    two_epochs = {'train_cfg.max_epochs': '2'}  # of 4 iterations each
+    interrupted = demo_with_hooks(
+        tmp_path, 'interrupted', [dict(type='InterruptAfterIter', after_iter=6)])
+    with pytest.raises(Interrupted):
+        train_tool.main([interrupted] + shapes_options(
+            shapes, tmp_path, 'interrupted', **two_epochs))
+    assert (tmp_path / 'epoch_1.pth').is_file()
+    assert not (tmp_path / 'epoch_2.pth').exists()
+    saved = load_from_local_file(str(tmp_path / 'epoch_1.pth'))
+
+    RecordResumedState.records.clear()
+    resumed = demo_with_hooks(tmp_path, 'resumed',
+                              [dict(type='RecordResumedState')])
+    train_tool.main([resumed, '--resume'] + shapes_options(
+        shapes, tmp_path, 'resumed', **two_epochs))
+    start = RecordResumedState.records[0]
+    assert (start['epoch'], start['iter']) == (1, 4)
+    resumed_state = start['optimizer']['state']
+    assert resumed_state.keys() == saved['optimizer']['state'].keys()
+    for key, state in saved['optimizer']['state'].items():
+        assert state['step'] == 4
+        torch.testing.assert_close(resumed_state[key]['exp_avg_sq'],
+                                   state['exp_avg_sq'])
+    assert load_from_local_file(
+        str(tmp_path / 'epoch_2.pth'))['meta']['iter'] == 8
+
+
+# ---- distributed ------------------------------------------------------------
+def test_dist_train_sh_trains_two_cpu_processes_over_gloo(shapes, tmp_path):
+    env = dict(os.environ, PYTHON=sys.executable, PORT='29533',
+               OMP_NUM_THREADS='1')
+    result = subprocess.run(
+        ['bash', str(REPO / 'tools/dist_train.sh'), str(REPO / DEMO), '2'] +
+        shapes_options(shapes, tmp_path, 'dist',
+                       **{'train_dataloader.batch_size': '2',
+                          'train_cfg.val_interval': '2'}),
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    assert 'backend nccl -> gloo' in log
+    assert 'Distributed training: True' in log
+    assert 'GPU number: 2' in log  # mmengine's name for the world size
+    # 16 images over 2 processes of 2 images: 4 iterations each
+    assert 'Epoch(train) [1][4/4]' in log
+    assert (tmp_path / 'epoch_1.pth').is_file()
+
+
+# ---- tools' options ---------------------------------------------------------
+def train_config(*args):
+    return train_tool.build_config(
+        train_tool.parse_args([str(REPO / DEMO), *args]))
+
+
+def test_train_amp_switches_to_the_amp_optim_wrapper():
+    cfg = train_config('--amp')
+    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+    assert cfg.optim_wrapper.loss_scale == 'dynamic'
+
+
+def test_train_auto_scale_lr_enables_the_configs_scaling():
+    assert train_config('--auto-scale-lr').auto_scale_lr.enable
+    assert not train_config().auto_scale_lr.enable
+
+
+def test_train_resume_with_a_path_resumes_from_it():
+    cfg = train_config('--resume', 'work/epoch_3.pth')
+    assert cfg.resume and cfg.load_from == 'work/epoch_3.pth'
+
+
+def test_train_work_dir_defaults_to_work_dirs_and_the_config_name():
+    assert train_config().work_dir == './work_dirs/maskrcnn_cvt13_shapes'
+    assert train_config('--work-dir', 'x').work_dir == 'x'
+
+
+def test_test_out_dumps_the_predictions_beside_the_metrics():
+    cfg = test_tool.build_config(test_tool.parse_args(
+        [str(REPO / DEMO), 'model.pth', '--out', 'results.pkl']))
+    assert [e['type'] for e in cfg.test_evaluator] == ['CocoMetric',
+                                                       'DumpResults']
+
+
+def test_test_show_dir_turns_on_the_visualization_hook():
+    cfg = test_tool.build_config(test_tool.parse_args(
+        [str(REPO / DEMO), 'model.pth', '--show-dir', 'vis']))
+    hook = cfg.default_hooks.visualization
+    assert hook.draw and hook.test_out_dir == 'vis'

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Distributed testing on one or more nodes, as MMDetection's dist_test.sh:
+#   tools/dist_test.sh CONFIG CHECKPOINT NUM_PROCESSES [test.py options]
+# Without a GPU the processes run on the CPU over gloo.
+# NNODES, NODE_RANK, PORT and MASTER_ADDR set up multi-node runs; PYTHON
+# picks the interpreter (default: python).
+set -euo pipefail
+
+CONFIG=$1
+CHECKPOINT=$2
+NPROC=$3
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+PORT=${PORT:-29500}
+MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
+
+PYTHONPATH="$(dirname "$0")/..${PYTHONPATH:+:$PYTHONPATH}" \
+"${PYTHON:-python}" -m torch.distributed.run \
+    --nnodes="$NNODES" \
+    --node_rank="$NODE_RANK" \
+    --master_addr="$MASTER_ADDR" \
+    --nproc_per_node="$NPROC" \
+    --master_port="$PORT" \
+    "$(dirname "$0")/test.py" "$CONFIG" "$CHECKPOINT" --launcher pytorch "${@:4}"

@@ -1,0 +1,86 @@
+"""Draws a model's predictions on the first test images into one PNG, with
+the ground truth beside each, through the config's own visualizer
+(DetLocalVisualizer or SegLocalVisualizer).
+
+    python tools/misc/show_predictions.py CONFIG CHECKPOINT --out pred.png
+"""
+import argparse
+import math
+import os.path as osp
+
+import mmcv
+import numpy as np
+import torch
+from mmengine.config import Config, DictAction
+from mmengine.dataset import pseudo_collate
+from mmengine.registry import DATASETS, MODELS, VISUALIZERS, init_default_scope
+from mmengine.runner import load_checkpoint
+
+import mmcvt  # noqa: F401  registers CvT and the checkpoint loaders
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('config')
+    parser.add_argument('checkpoint')
+    parser.add_argument('--out', required=True, help='PNG file to write')
+    parser.add_argument('--num', type=int, default=8,
+                        help='how many test images to draw')
+    parser.add_argument('--columns', type=int, default=2,
+                        help='image pairs per row of the grid')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    return parser.parse_args(argv)
+
+
+def tile(images, columns):
+    """Images of one size in a grid, row by row; empty cells stay black."""
+    rows = math.ceil(len(images) / columns)
+    height, width = images[0].shape[:2]
+    grid = np.zeros((rows * height, columns * width, 3), np.uint8)
+    for i, image in enumerate(images):
+        row, column = divmod(i, columns)
+        grid[row * height:(row + 1) * height,
+             column * width:(column + 1) * width] = image
+    return grid
+
+
+def predict(cfg, checkpoint, num):
+    """The first ``num`` test samples with their predictions."""
+    dataset = DATASETS.build(cfg.test_dataloader.dataset)
+    model = MODELS.build(cfg.model)
+    load_checkpoint(model, checkpoint, map_location='cpu')
+    model.eval()
+    samples = []
+    with torch.no_grad():
+        for start in range(0, min(num, len(dataset)), 4):
+            batch = pseudo_collate(
+                [dataset[i] for i in range(start, min(start + 4, num))])
+            samples += model.test_step(batch)
+    return dataset.metainfo, samples
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    init_default_scope(cfg.get('default_scope'))
+    metainfo, samples = predict(cfg, args.checkpoint, args.num)
+
+    visualizer = VISUALIZERS.build(
+        dict(cfg.visualizer, name='show_predictions', vis_backends=None))
+    visualizer.dataset_meta = metainfo
+    drawn = []
+    for sample in samples:
+        image = mmcv.imread(sample.img_path, channel_order='rgb')
+        # ground truth on the left, predictions on the right
+        visualizer.add_datasample(
+            osp.basename(sample.img_path), image, sample, draw_gt=True,
+            draw_pred=True, show=False)
+        drawn.append(visualizer.get_image())
+    mmcv.imwrite(mmcv.rgb2bgr(tile(drawn, args.columns)), args.out)
+    print(f'{len(drawn)} test images with predictions -> {args.out}')
+
+
+if __name__ == '__main__':
+    main()
