@@ -7,8 +7,10 @@ INSTALLED := $(VENV)/.installed
 
 DEMO_CONFIG := configs/demo/maskrcnn_cvt13_shapes.py
 DEMO_DIR := work_dirs/demo_maskrcnn
+DEMO_SEG_CONFIG := configs/demo/upernet_cvt13_shapes.py
+DEMO_SEG_DIR := work_dirs/demo_upernet
 
-.PHONY: install test demo
+.PHONY: install test demo demo-seg
 
 install: $(INSTALLED)
 
@@ -19,13 +21,22 @@ $(INSTALLED): tools/install.sh setup.py $(wildcard requirements/*.txt)
 test: $(INSTALLED)
 	$(PY) -m pytest tests
 
-# Mask R-CNN with CvT-13 on the built-in shapes data, from scratch on the
-# CPU: generate the data if missing, train, test (COCO bbox and segm mAP),
-# and draw the predictions on validation images into one PNG.
+# A demo on built-in data, trained from scratch on the CPU: generate the
+# shapes data if missing, train, test the last checkpoint, and draw the
+# predictions on validation images into one PNG.
+# $(1): the generator's --task, $(2): its output, $(3): config, $(4): work dir
+define run_demo
+	$(PY) tools/misc/make_shapes_dataset.py --task $(1) --out $(2)
+	$(PY) tools/train.py $(3) --work-dir $(4)
+	$(PY) tools/test.py $(3) $$(cat $(4)/last_checkpoint) --work-dir $(4)
+	$(PY) tools/misc/show_predictions.py $(3) $$(cat $(4)/last_checkpoint) \
+		--out $(4)/predictions.png
+endef
+
+# Mask R-CNN with CvT-13: COCO bbox and segm mAP
 demo: $(INSTALLED)
-	$(PY) tools/misc/make_shapes_dataset.py --task instance --out data/shapes
-	$(PY) tools/train.py $(DEMO_CONFIG) --work-dir $(DEMO_DIR)
-	$(PY) tools/test.py $(DEMO_CONFIG) $$(cat $(DEMO_DIR)/last_checkpoint) \
-		--work-dir $(DEMO_DIR)
-	$(PY) tools/misc/show_predictions.py $(DEMO_CONFIG) \
-		$$(cat $(DEMO_DIR)/last_checkpoint) --out $(DEMO_DIR)/predictions.png
+	$(call run_demo,instance,data/shapes,$(DEMO_CONFIG),$(DEMO_DIR))
+
+# UperNet with CvT-13: mIoU
+demo-seg: $(INSTALLED)
+	$(call run_demo,semseg,data/shapes_seg,$(DEMO_SEG_CONFIG),$(DEMO_SEG_DIR))

@@ -2,6 +2,7 @@
 built-in shapes data."""
 import copy
 import os
+import socket
 import subprocess
 import sys
 
@@ -264,8 +265,14 @@ def test_resume_continues_an_interrupted_run_from_its_last_checkpoint(
 
 
 # ---- distributed ------------------------------------------------------------
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return str(s.getsockname()[1])
+
+
 def test_dist_train_sh_trains_two_cpu_processes_over_gloo(shapes, tmp_path):
-    env = dict(os.environ, PYTHON=sys.executable, PORT='29533',
+    env = dict(os.environ, PYTHON=sys.executable, PORT=free_port(),
                OMP_NUM_THREADS='1')
     result = subprocess.run(
         ['bash', str(REPO / 'tools/dist_train.sh'), str(REPO / DEMO), '2'] +

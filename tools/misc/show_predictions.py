@@ -7,6 +7,7 @@ the ground truth beside each, through the config's own visualizer
 import argparse
 import math
 import os.path as osp
+import tempfile
 
 import mmcv
 import numpy as np
@@ -71,14 +72,17 @@ def main(argv=None):
         dict(cfg.visualizer, name='show_predictions', vis_backends=None))
     visualizer.dataset_meta = metainfo
     drawn = []
-    for sample in samples:
-        image = mmcv.imread(sample.img_path, channel_order='rgb')
-        # ground truth on the left, predictions on the right
-        visualizer.add_datasample(
-            osp.basename(sample.img_path), image, sample, draw_gt=True,
-            draw_pred=True, show=False)
-        drawn.append(visualizer.get_image())
-    mmcv.imwrite(mmcv.rgb2bgr(tile(drawn, args.columns)), args.out)
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, sample in enumerate(samples):
+            image = mmcv.imread(sample.img_path, channel_order='rgb')
+            # ground truth on the left, predictions on the right; read back
+            # from out_file, the one output both libraries' visualizers share
+            out_file = osp.join(tmp, f'{i}.png')
+            visualizer.add_datasample(
+                osp.basename(sample.img_path), image, sample, draw_gt=True,
+                draw_pred=True, show=False, out_file=out_file)
+            drawn.append(mmcv.imread(out_file))
+    mmcv.imwrite(tile(drawn, args.columns), args.out)
     print(f'{len(drawn)} test images with predictions -> {args.out}')
 
 

@@ -1,0 +1,172 @@
+"""UperNet with CvT: the shipped configs and the demo, on the semantic
+version of the built-in shapes data."""
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.dataset import pseudo_collate
+from mmengine.model import revert_sync_batchnorm
+from mmengine.optim import build_optim_wrapper
+from mmengine.registry import DATASETS, MODELS, init_default_scope
+
+from .utils import REPO, load_tool
+
+make_shapes = load_tool('misc/make_shapes_dataset.py')
+train_tool = load_tool('train.py')
+test_tool = load_tool('test.py')
+show_predictions = load_tool('misc/show_predictions.py')
+
+DEMO = 'configs/demo/upernet_cvt13_shapes.py'
+ADE_CONFIGS = ['configs/upernet_cvt13_ade20k.py',
+               'configs/upernet_cvt21_ade20k.py']
+
+
+@pytest.fixture(scope='module')
+def shapes(tmp_path_factory):
+    """A small semantic shapes data set: 16 training, 8 validation images."""
+    root = tmp_path_factory.mktemp('shapes_seg')
+    make_shapes.main(['--task', 'semseg', '--out', str(root),
+                      '--num-train', '16', '--num-val', '8'])
+    return root
+
+
+def load_config(path):
+    cfg = Config.fromfile(REPO / path)
+    init_default_scope(cfg.default_scope)
+    return cfg
+
+
+def demo_dataset(root, split='train'):
+    loader = load_config(DEMO)[f'{split}_dataloader']
+    return DATASETS.build(dict(loader.dataset, data_root=f'{root}/'))
+
+
+@pytest.mark.parametrize('path', ADE_CONFIGS + [DEMO])
+def test_a_config_builds_and_takes_a_finite_training_step(path, shapes):
+    cfg = load_config(path)
+    cfg.model.backbone.init_cfg = None  # no network for hf:// here
+    # pad the 128x128 images to 128, not the ADE20K crop of 512: one step
+    # of the config's model on a tiny batch
+    cfg.model.data_preprocessor.size = (128, 128)
+    # one process: SyncBN reverts to BN, as the Runner does it
+    model = revert_sync_batchnorm(MODELS.build(cfg.model))
+    model.init_weights()
+    optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    dataset = demo_dataset(shapes)
+    batch = pseudo_collate([dataset[i] for i in range(2)])
+    losses = model.train_step(batch, optim_wrapper)
+    assert losses and all(torch.isfinite(v) for v in losses.values())
+
+
+def test_ade_configs_follow_the_recipe():
+    cvt13, cvt21 = (load_config(path) for path in ADE_CONFIGS)
+    for cfg in (cvt13, cvt21):
+        assert cfg.model.decode_head.in_channels == [64, 192, 384]
+        assert cfg.model.decode_head.in_index == [0, 1, 2]
+        assert (cfg.model.auxiliary_head.in_index,
+                cfg.model.auxiliary_head.in_channels) == (2, 384)
+        assert cfg.model.decode_head.norm_cfg.type == 'SyncBN'
+        assert cfg.optim_wrapper.optimizer.type == 'AdamW'
+        assert cfg.optim_wrapper.optimizer.lr == 6e-5
+        assert cfg.optim_wrapper.optimizer.weight_decay == 0.01
+        warmup, poly = cfg.param_scheduler
+        assert (warmup.type, warmup.end) == ('LinearLR', 1500)
+        assert (poly.type, poly.begin, poly.end) == ('PolyLR', 1500, 160000)
+        assert cfg.model.test_cfg == dict(
+            mode='slide', crop_size=(512, 512), stride=(341, 341))
+    assert cvt13.model.backbone.drop_path_rate == 0.1
+    assert cvt21.model.backbone.drop_path_rate == 0.2
+    assert cvt13.model.backbone.init_cfg.checkpoint == 'hf://microsoft/cvt-13'
+    assert cvt21.model.backbone.init_cfg.checkpoint == 'hf://microsoft/cvt-21'
+
+
+def test_no_weight_decay_on_norms_biases_and_depthwise_convs():
+    cfg = load_config(ADE_CONFIGS[0])
+    cfg.model.backbone.init_cfg = None
+    model = MODELS.build(cfg.model)
+    optimizer = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
+    decay = {id(p): g['weight_decay'] for g in optimizer.param_groups
+             for p in g['params']}
+    block = model.backbone.stages[2].blocks[0]
+    assert decay[id(block.norm2.weight)] == 0
+    assert decay[id(block.ffn.layers[1].bias)] == 0
+    assert decay[id(block.attn.conv_proj_v.conv.weight)] == 0
+    assert decay[id(block.ffn.layers[1].weight)] == 0.01
+
+
+def test_whole_image_inference_takes_a_size_not_divisible_by_32():
+    cfg = load_config(DEMO)
+    model = MODELS.build(cfg.model).eval()
+    image = torch.randint(0, 256, (3, 97, 131), dtype=torch.uint8)
+    from mmseg.structures import SegDataSample
+    sample = SegDataSample(metainfo=dict(img_shape=(97, 131),
+                                         ori_shape=(97, 131)))
+    with torch.no_grad():
+        result, = model.test_step(dict(inputs=[image], data_samples=[sample]))
+    assert result.pred_sem_seg.data.shape == (1, 97, 131)
+    assert result.seg_logits.data.shape == (4, 97, 131)
+
+
+def test_the_shapes_semseg_labels_are_background_and_one_class_per_shape(
+        shapes):
+    sample = demo_dataset(shapes, 'val')[0]['data_samples']
+    labels = set(sample.gt_sem_seg.data.unique().tolist())
+    assert 0 in labels and labels <= {0, 1, 2, 3}
+
+
+# ---- the demo, end to end ---------------------------------------------------
+def shapes_options(root, work_dir, name):
+    """--cfg-options that point the demo config at `root` for 4 iterations."""
+    options = {
+        'train_dataloader.dataset.data_root': f'{root}/',
+        'val_dataloader.dataset.data_root': f'{root}/',
+        'test_dataloader.dataset.data_root': f'{root}/',
+        'train_dataloader.batch_size': '4',
+        'train_cfg.max_iters': '4',
+        'train_cfg.val_interval': '4',
+        'default_hooks.checkpoint.interval': '4',
+        'experiment_name': name,
+    }
+    return ['--work-dir', str(work_dir), '--cfg-options'] + [
+        f'{k}={v}' for k, v in options.items()
+    ]
+
+
+@pytest.fixture(scope='module')
+def demo_run(shapes, tmp_path_factory):
+    work_dir = tmp_path_factory.mktemp('demo_seg')
+    train_tool.main([str(REPO / DEMO)] +
+                    shapes_options(shapes, work_dir, 'seg-train'))
+    return work_dir
+
+
+def test_the_demo_trains_and_tools_test_reports_miou(demo_run, shapes):
+    assert (demo_run / 'iter_4.pth').is_file()
+    metrics = test_tool.main([str(REPO / DEMO), str(demo_run / 'iter_4.pth')]
+                             + shapes_options(shapes, demo_run, 'seg-test'))
+    assert 0 <= metrics['mIoU'] <= 100  # mmseg reports percent
+
+
+def test_show_predictions_draws_segmentation_overlays(demo_run, shapes,
+                                                       tmp_path):
+    out = tmp_path / 'predictions.png'
+    show_predictions.main([
+        str(REPO / DEMO), str(demo_run / 'iter_4.pth'), '--out', str(out),
+        '--num', '2', '--cfg-options',
+        f'test_dataloader.dataset.data_root={shapes}/'
+    ])
+    assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_test_tta_runs_the_multi_scale_flip_pipeline():
+    cfg = test_tool.build_config(test_tool.parse_args(
+        [str(REPO / ADE_CONFIGS[0]), 'model.pth', '--tta']))
+    assert cfg.model.type == 'SegTTAModel'
+    assert cfg.model.module.backbone.type == 'CvT'
+    assert cfg.test_dataloader.dataset.pipeline[1].type == 'TestTimeAug'
+
+
+def test_test_show_dir_saves_through_the_segmentation_visualizer():
+    cfg = test_tool.build_config(test_tool.parse_args(
+        [str(REPO / ADE_CONFIGS[0]), 'model.pth', '--show-dir', 'vis']))
+    assert cfg.default_hooks.visualization.draw
+    assert cfg.visualizer.save_dir == 'vis'
