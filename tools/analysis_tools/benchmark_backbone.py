@@ -1,0 +1,347 @@
+"""Speed and memory of backbones at dense-prediction sizes, side by side.
+
+    python tools/analysis_tools/benchmark_backbone.py
+    python tools/analysis_tools/benchmark_backbone.py --backbones cvt13 \
+        hf-cvt13 --sizes 800x1344 --modes forward --repeat 3
+
+Each case (backbone, input size, mode, precision) runs in a fresh process:
+a warm-up, then repeated timed runs. A case reports the median latency,
+images/s, the peak memory it added (on the CPU the peak RSS over the RSS it
+started from; on CUDA ``max_memory_allocated`` over ``memory_allocated``),
+its FLOPs (matmuls, convolutions and attention of the forward, see
+mmcvt.analysis; three times that for forward and backward) and the
+FLOP/s it achieved. The machine's fp32 matmul rate is measured in the same
+run, in a process of its own, for comparison. Results go to a markdown
+table and a JSON file in --out-dir.
+
+Backbones: cvt13 (mmcvt, SDPA attention), cvt13-naive (mmcvt, attention
+that materialises the score matrix, as the official code), cvt13-cp
+(mmcvt with with_cp=True), hf-cvt13 (transformers' CvtModel, CvT-13
+shapes), swin-t, pvtv2-b2, r50 (MMDetection's Swin-T, PVTv2-b2, ResNet-50).
+All have random weights.
+"""
+import argparse
+import copy
+import gc
+import json
+import os
+import os.path as osp
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+RESULT_MARK = 'BENCHMARK-RESULT '
+DEFAULT_BACKBONES = ('cvt13', 'cvt13-naive', 'hf-cvt13', 'swin-t', 'pvtv2-b2',
+                     'r50')
+
+
+def build_backbone(name):
+    """A backbone with random weights, and a function of its output that
+    gives a scalar to backpropagate from."""
+    if name.startswith('cvt13'):
+        from mmcvt.models import CvT
+        options = {'cvt13': {}, 'cvt13-naive': dict(attn_impl='naive'),
+                   'cvt13-cp': dict(with_cp=True)}[name]
+        return CvT('13', **options), lambda outs: sum(o.mean() for o in outs)
+    if name == 'hf-cvt13':
+        from transformers import CvtConfig, CvtModel
+
+        # transformers' defaults are CvT-13's shapes
+        return CvtModel(CvtConfig(), add_pooling_layer=False), \
+            lambda out: out.last_hidden_state.mean()
+    from mmdet.registry import MODELS
+    from mmengine.registry import init_default_scope
+    init_default_scope('mmdet')
+    cfg = {
+        'swin-t': dict(type='SwinTransformer', embed_dims=96,
+                       depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
+                       window_size=7, out_indices=(0, 1, 2, 3)),
+        'pvtv2-b2': dict(type='PyramidVisionTransformerV2', embed_dims=64,
+                         num_layers=[3, 4, 6, 3]),
+        'r50': dict(type='ResNet', depth=50),
+    }[name]
+    return MODELS.build(cfg), lambda outs: sum(o.mean() for o in outs)
+
+
+def rss_bytes():
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1]) * 1024
+
+
+def reset_peak_rss():
+    """Resets the kernel's high-water mark of this process's RSS (Linux)."""
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')
+
+
+def peak_rss_bytes():
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1]) * 1024
+
+
+def run_case(case):
+    """Runs one case in this process; returns its measurements."""
+    from mmcvt.analysis import count_flops
+
+    torch.manual_seed(0)
+    device = torch.device(case['device'])
+    height, width = case['size']
+    model, to_scalar = build_backbone(case['backbone'])
+    model.to(device)
+    # not chained: some backbones' train() (mmdet's ResNet) return None
+    model.train(case['mode'] == 'train')
+    image = torch.randn(case['batch'], 3, height, width, device=device)
+    autocast = torch.autocast(
+        device.type, dtype=getattr(torch, case['precision']),
+        enabled=case['precision'] != 'float32')
+
+    def step():
+        if case['mode'] == 'forward':
+            with torch.no_grad(), autocast:
+                return model(image)
+        with autocast:
+            out = model(image)
+        to_scalar(out).backward()
+        model.zero_grad(set_to_none=True)
+        return out
+
+    def sync():
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+
+    result = {}
+    if case['precision'] != 'float32':
+        # the reduced-precision output against fp32, before memory is read
+        with torch.no_grad():
+            reference = first_map(model(image))
+            with autocast:
+                reduced = first_map(model(image)).float()
+        result['relative_error'] = (
+            (reduced - reference).norm() / reference.norm()).item()
+        del reference, reduced
+    # FLOPs of the forward, on the meta device: no compute, no memory. A
+    # backward counts as twice its forward, the usual estimate (FLOP
+    # counters get the backward of grouped convs wrong).
+    with torch.no_grad():
+        flops, _ = count_flops(
+            copy.deepcopy(model).to('meta'), image.to('meta'))
+    if case['mode'] == 'train':
+        flops *= 3
+    gc.collect()
+    if device.type == 'cuda':
+        sync()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = rss_bytes()
+        reset_peak_rss()
+    times = []
+    for _ in range(case['warmup'] + case['repeat']):
+        start = time.perf_counter()
+        out = step()
+        sync()
+        times.append(time.perf_counter() - start)
+        del out
+    peak = (torch.cuda.max_memory_allocated()
+            if device.type == 'cuda' else peak_rss_bytes())
+    latency = statistics.median(times[case['warmup']:])
+    result.update(
+        latency_s=latency,
+        images_per_s=case['batch'] / latency,
+        peak_memory_added_mb=(peak - base) / 2**20,
+        gflop=flops / 1e9,
+        gflop_per_s=flops / 1e9 / latency,
+        params_m=sum(p.numel() for p in model.parameters()) / 1e6)
+    return result
+
+
+def first_map(out):
+    return out.last_hidden_state if hasattr(out, 'last_hidden_state') \
+        else out[0]
+
+
+def run_matmul(case, n=4096, repeat=10):
+    """The machine's matmul rate in FLOP/s, in the case's precision."""
+    device = torch.device(case['device'])
+    dtype = getattr(torch, case['precision'])
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    times = []
+    for _ in range(repeat + 1):
+        start = time.perf_counter()
+        a @ b
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    latency = statistics.median(times[1:])
+    return dict(latency_s=latency, gflop=2 * n**3 / 1e9,
+                gflop_per_s=2 * n**3 / 1e9 / latency)
+
+
+def run_in_fresh_process(case, timeout):
+    command = [sys.executable, __file__, '--case', json.dumps(case)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return dict(error=f'took over {timeout} s')
+    for line in done.stdout.splitlines():
+        if line.startswith(RESULT_MARK):
+            return json.loads(line[len(RESULT_MARK):])
+    reason = done.stderr.strip().splitlines()[-1:] or [
+        f'exit status {done.returncode}']
+    if done.returncode < 0:
+        reason = [f'killed by signal {-done.returncode} (out of memory?)']
+    return dict(error=reason[0][:200])
+
+
+def parse_size(text):
+    height, width = text.lower().split('x')
+    return [int(height), int(width)]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split('\n\n', 2)[2])
+    parser.add_argument('--backbones', nargs='+', default=DEFAULT_BACKBONES,
+                        choices=DEFAULT_BACKBONES + ('cvt13-cp', ))
+    parser.add_argument('--sizes', nargs='+', type=parse_size,
+                        default=[[224, 224], [512, 512], [800, 1344]],
+                        metavar='HxW')
+    parser.add_argument('--modes', nargs='+', default=['forward', 'train'],
+                        choices=['forward', 'train'],
+                        help='forward: eval, no grad; train: forward and '
+                        'backward in train mode')
+    parser.add_argument('--precisions', nargs='+', default=['float32'],
+                        choices=['float32', 'bfloat16', 'float16'],
+                        help='anything but float32 runs under autocast')
+    parser.add_argument('--batch', type=int, default=1)
+    parser.add_argument('--warmup', type=int, default=1,
+                        help='untimed runs before the timed ones')
+    parser.add_argument('--repeat', type=int, default=5)
+    parser.add_argument(
+        '--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--timeout', type=int, default=1800,
+                        help='seconds allowed to one case')
+    parser.add_argument(
+        '--memory-limit-gb', type=float, default=default_memory_limit_gb(),
+        help='address space allowed to one CPU case, so that a case that '
+        'needs more fails with an allocation error instead of bringing the '
+        'machine down (default: 90%% of RAM)')
+    parser.add_argument('--out-dir', default='work_dirs/benchmark_backbone')
+    parser.add_argument('--case', help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def default_memory_limit_gb():
+    with open('/proc/meminfo') as f:
+        total_kb = int(f.readline().split()[1])
+    return round(0.9 * total_kb / 2**20, 1)
+
+
+def limit_memory(gigabytes):
+    """Caps this process's address space (CPU only: CUDA maps far more
+    address space than it uses)."""
+    limit = int(gigabytes * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def machine():
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    cpu = platform.processor() or platform.machine()
+    with open('/proc/cpuinfo') as f:
+        names = [line.split(':', 1)[1].strip() for line in f
+                 if line.startswith('model name')]
+    return f'{names[0] if names else cpu}, {os.cpu_count()} cores'
+
+
+def cell(value, fmt):
+    return '-' if value is None else format(value, fmt)
+
+
+def markdown(results, matmul):
+    lines = [
+        '| backbone | input | mode | precision | latency (s) | images/s '
+        '| peak memory added (MB) | GFLOP | GFLOP/s | % of matmul | note |',
+        '|---|---|---|---|---|---|---|---|---|---|---|',
+    ]
+    for r in results:
+        rate = matmul.get(r['precision'], {}).get('gflop_per_s')
+        share = (100 * r['gflop_per_s'] / rate
+                 if rate and 'gflop_per_s' in r else None)
+        note = r.get('error', '')
+        if 'relative_error' in r:
+            note = f'rel. error vs fp32 {r["relative_error"]:.1e}'
+        lines.append(
+            f'| {r["backbone"]} | {r["size"][0]}x{r["size"][1]} '
+            f'| {r["mode"]} | {r["precision"]} '
+            f'| {cell(r.get("latency_s"), ".3f")} '
+            f'| {cell(r.get("images_per_s"), ".2f")} '
+            f'| {cell(r.get("peak_memory_added_mb"), ".0f")} '
+            f'| {cell(r.get("gflop"), ".1f")} '
+            f'| {cell(r.get("gflop_per_s"), ".1f")} '
+            f'| {cell(share, ".0f")} | {note} |')
+    for precision, m in matmul.items():
+        lines.append(f'\n{precision} matmul, 4096x4096x4096: '
+                     f'{m["gflop_per_s"]:.1f} GFLOP/s')
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.case:
+        case = json.loads(args.case)
+        if case['device'] == 'cpu':
+            limit_memory(case['memory_limit_gb'])
+        result = (run_matmul(case)
+                  if case['backbone'] == 'matmul' else run_case(case))
+        print(RESULT_MARK + json.dumps(result))
+        return
+
+    common = dict(batch=args.batch, warmup=args.warmup, repeat=args.repeat,
+                  device=args.device, memory_limit_gb=args.memory_limit_gb)
+    matmul = {
+        precision: run_in_fresh_process(
+            dict(common, backbone='matmul', precision=precision),
+            args.timeout) for precision in args.precisions
+    }
+    results = []
+    for size in args.sizes:
+        for mode in args.modes:
+            for precision in args.precisions:
+                for backbone in args.backbones:
+                    case = dict(common, backbone=backbone, size=size,
+                                mode=mode, precision=precision)
+                    case.update(run_in_fresh_process(case, args.timeout))
+                    results.append(case)
+                    print(json.dumps(case), flush=True)
+
+    os.makedirs(args.out_dir, exist_ok=True)
+    report = dict(machine=machine(), torch=torch.__version__,
+                  threads=torch.get_num_threads(), command=sys.argv,
+                  matmul=matmul, results=results)
+    with open(osp.join(args.out_dir, 'benchmark.json'), 'w') as f:
+        json.dump(report, f, indent=1)
+    table = (f'Machine: {report["machine"]}; torch {report["torch"]}, '
+             f'{report["threads"]} threads; batch {args.batch}, median of '
+             f'{args.repeat} after {args.warmup} warm-up.\n\n' +
+             markdown(results, matmul))
+    with open(osp.join(args.out_dir, 'benchmark.md'), 'w') as f:
+        f.write(table + '\n')
+    print(table)
+
+
+if __name__ == '__main__':
+    main()
