@@ -102,3 +102,14 @@ def test_benchmark_runs_at_a_tiny_size_and_writes_its_reports(tmp_path):
     table = (tmp_path / 'benchmark.md').read_text()
     assert '| cvt13 | 32x48 | forward | float32 |' in table
     assert 'float32 matmul' in table
+
+
+def test_train_step_benchmark_runs_detector_and_segmentor_configs():
+    train_step = load_tool('analysis_tools/benchmark_train_step.py')
+    results = train_step.main([
+        str(REPO / 'configs/demo/maskrcnn_cvt13_shapes.py'),
+        str(REPO / 'configs/demo/upernet_cvt13_shapes.py'), '--shape', '64',
+        '96', '--batch', '2', '--warmup', '0', '--iters', '1'
+    ])
+    assert len(results) == 2
+    assert all(r['step_s'] > 0 and r['peak_memory_mb'] > 0 for r in results)

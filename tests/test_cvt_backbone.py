@@ -156,6 +156,16 @@ def test_quick_gelu_is_x_times_sigmoid_of_1702x():
     torch.testing.assert_close(QuickGELU()(x), x * torch.sigmoid(1.702 * x))
 
 
+def test_quick_gelu_gradient_is_that_of_its_formula():
+    # the backward is written by hand to save memory; check it against
+    # autograd of the plain formula
+    x = torch.linspace(-8, 8, 201, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(QuickGELU(), (x, ))
+    expected, = torch.autograd.grad((x * torch.sigmoid(1.702 * x)).sum(), x)
+    actual, = torch.autograd.grad(QuickGELU()(x).sum(), x)
+    torch.testing.assert_close(actual, expected)
+
+
 @pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
 def test_quick_gelu_is_buildable_from_configs_of_both_libraries(scope):
     # mmseg registers a QuickGELU of its own (for CLIP) with the same formula;
@@ -425,3 +435,21 @@ def test_outputs_are_contiguous_nchw_for_compiled_ops():
     torch.testing.assert_close(
         roi_align(lateral, rois, (7, 7), 0.25, 2, 'avg', True),
         roi_align(lateral.contiguous(), rois, (7, 7), 0.25, 2, 'avg', True))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason='needs a CUDA GPU: the flash and memory-efficient '
+                    'SDPA kernels exist only there')
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
+def test_attention_runs_on_the_flash_or_memory_efficient_kernels(dtype):
+    # with the math fallback excluded, SDPA raises if neither kernel accepts
+    # CvT's q/k/v (shapes, head widths, the explicit scale)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    model = CvT('13', cls_token=True).cuda().eval()
+    image = torch.rand(1, 3, 224, 320, device='cuda')
+    with torch.no_grad(), torch.autocast('cuda', dtype=dtype,
+                                         enabled=dtype != torch.float32), \
+            sdpa_kernel([SDPBackend.FLASH_ATTENTION,
+                         SDPBackend.EFFICIENT_ATTENTION]):
+        outs = model(image)
+    assert all(torch.isfinite(o).all() for o in outs)

@@ -1,0 +1,148 @@
+"""Iteration time and peak memory of full training steps of detector or
+segmentor configs, on generated images, side by side.
+
+    python tools/analysis_tools/benchmark_train_step.py \
+        configs/maskrcnn_cvt13_coco.py \
+        mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py \
+        --shape 800 1333 --batch 2 --amp
+
+Each config runs in this process, one after the other, with random weights
+(no checkpoint is loaded) on random images that carry a few random boxes and
+masks for detectors or a random label map for segmentors. A step is the
+Runner's: data preprocessing, forward, loss, backward and optimizer step
+through the config's optim_wrapper (AmpOptimWrapper with --amp). Reported:
+the median step time after warm-up, and the peak memory: on CUDA
+``max_memory_allocated``; on the CPU the process's peak RSS, which also
+holds every earlier config of the run.
+"""
+import argparse
+import statistics
+import time
+
+import torch
+from mmengine.config import Config
+from mmengine.model import revert_sync_batchnorm
+from mmengine.optim import build_optim_wrapper
+from mmengine.registry import MODELS, init_default_scope
+
+import mmcvt  # noqa: F401  registers CvT
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split('\n\n', 2)[2])
+    parser.add_argument('configs', nargs='+',
+                        help='config files, or mmdet::/mmseg:: configs')
+    parser.add_argument('--shape', type=int, nargs=2, default=(800, 1333),
+                        metavar=('H', 'W'))
+    parser.add_argument('--batch', type=int, default=2)
+    parser.add_argument('--amp', action='store_true',
+                        help='train as tools/train.py --amp does')
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--iters', type=int, default=5)
+    parser.add_argument(
+        '--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    return parser.parse_args(argv)
+
+
+def synthetic_batch(scope, batch, height, width, num_classes):
+    """Random uint8 images with random ground truth, as a dataloader gives."""
+    generator = torch.Generator().manual_seed(0)
+    inputs = [torch.randint(0, 256, (3, height, width), dtype=torch.uint8,
+                            generator=generator) for _ in range(batch)]
+    meta = dict(img_shape=(height, width), ori_shape=(height, width),
+                pad_shape=(height, width), scale_factor=(1., 1.))
+    samples = []
+    for _ in range(batch):
+        if scope == 'mmdet':
+            from mmdet.structures import DetDataSample
+            from mmdet.structures.mask import BitmapMasks
+            from mmengine.structures import InstanceData
+            corners = torch.rand(4, 2, 2, generator=generator) * torch.tensor(
+                [width, height])
+            boxes = torch.cat([corners.min(1).values, corners.max(1).values +
+                               32], 1).clamp(max=torch.tensor(
+                                   [width, height, width, height]) - 1)
+            masks = torch.zeros(4, height, width, dtype=torch.uint8)
+            for mask, (x1, y1, x2, y2) in zip(masks, boxes.int().tolist()):
+                mask[y1:y2, x1:x2] = 1
+            sample = DetDataSample(metainfo=meta)
+            sample.gt_instances = InstanceData(
+                bboxes=boxes,
+                labels=torch.randint(0, num_classes, (4, ),
+                                     generator=generator),
+                masks=BitmapMasks(masks.numpy(), height, width))
+        else:
+            from mmengine.structures import PixelData
+            from mmseg.structures import SegDataSample
+            sample = SegDataSample(metainfo=meta)
+            sample.gt_sem_seg = PixelData(data=torch.randint(
+                0, num_classes, (1, height, width), generator=generator))
+        samples.append(sample)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def num_classes_of(model):
+    head = getattr(model, 'roi_head', None)
+    if head is not None:
+        return head.bbox_head.num_classes
+    return model.decode_head.num_classes
+
+
+def benchmark(config, args):
+    cfg = Config.fromfile(config)
+    scope = cfg.get('default_scope', 'mmdet')
+    init_default_scope(scope)
+    cfg.model.backbone.init_cfg = None  # random weights; nothing to fetch
+    cfg.model.pop('pretrained', None)
+    model = revert_sync_batchnorm(MODELS.build(cfg.model))
+    model.init_weights()
+    model.to(args.device).train()
+    optim_cfg = cfg.optim_wrapper.copy()
+    if args.amp:
+        optim_cfg.update(type='AmpOptimWrapper', loss_scale='dynamic')
+    optim_wrapper = build_optim_wrapper(model, optim_cfg)
+    batch = synthetic_batch(scope, args.batch, *args.shape,
+                            num_classes_of(model))
+
+    def sync():
+        if args.device.startswith('cuda'):
+            torch.cuda.synchronize()
+
+    if args.device.startswith('cuda'):
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(args.warmup + args.iters):
+        sync()
+        start = time.perf_counter()
+        model.train_step(batch, optim_wrapper)
+        sync()
+        times.append(time.perf_counter() - start)
+    if args.device.startswith('cuda'):
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        import resource
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return dict(config=config, step_s=statistics.median(times[args.warmup:]),
+                peak_memory_mb=peak_mb)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    results = [benchmark(config, args) for config in args.configs]
+    device = (torch.cuda.get_device_name()
+              if args.device.startswith('cuda') else 'CPU')
+    print(f'{device}; {args.batch} images of {args.shape[0]}x{args.shape[1]}'
+          f'; {"AMP" if args.amp else "fp32"}; median of {args.iters} steps '
+          f'after {args.warmup}')
+    print('| config | step (s) | peak memory (MB) |\n|---|---|---|')
+    for r in results:
+        print(f'| {r["config"]} | {r["step_s"]:.3f} | '
+              f'{r["peak_memory_mb"]:.0f} |')
+    return results
+
+
+if __name__ == '__main__':
+    main()
