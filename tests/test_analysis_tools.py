@@ -95,7 +95,7 @@ def test_benchmark_runs_at_a_tiny_size_and_writes_its_reports(tmp_path):
     for result in report['results']:
         assert 'error' not in result, result
         assert result['latency_s'] > 0 and result['gflop'] > 0
-        assert result['peak_memory_added_mb'] >= 0
+        assert result['peak_memory_added_mib'] >= 0
     train = [r for r in report['results'] if r['mode'] == 'train']
     forward = [r for r in report['results'] if r['mode'] == 'forward']
     assert train[0]['gflop'] == pytest.approx(3 * forward[0]['gflop'])
@@ -112,4 +112,4 @@ def test_train_step_benchmark_runs_detector_and_segmentor_configs():
         '96', '--batch', '2', '--warmup', '0', '--iters', '1'
     ])
     assert len(results) == 2
-    assert all(r['step_s'] > 0 and r['peak_memory_mb'] > 0 for r in results)
+    assert all(r['step_s'] > 0 and r['peak_memory_mib'] > 0 for r in results)

@@ -121,12 +121,12 @@ def benchmark(config, args):
         sync()
         times.append(time.perf_counter() - start)
     if args.device.startswith('cuda'):
-        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+        peak_mib = torch.cuda.max_memory_allocated() / 2**20
     else:
         import resource
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return dict(config=config, step_s=statistics.median(times[args.warmup:]),
-                peak_memory_mb=peak_mb)
+                peak_memory_mib=peak_mib)
 
 
 def main(argv=None):
@@ -137,10 +137,10 @@ def main(argv=None):
     print(f'{device}; {args.batch} images of {args.shape[0]}x{args.shape[1]}'
           f'; {"AMP" if args.amp else "fp32"}; median of {args.iters} steps '
           f'after {args.warmup}')
-    print('| config | step (s) | peak memory (MB) |\n|---|---|---|')
+    print('| config | step (s) | peak memory (MiB) |\n|---|---|---|')
     for r in results:
         print(f'| {r["config"]} | {r["step_s"]:.3f} | '
-              f'{r["peak_memory_mb"]:.0f} |')
+              f'{r["peak_memory_mib"]:.0f} |')
     return results
 
 
