@@ -15,8 +15,9 @@ run, in a process of its own, for comparison. Results go to a markdown
 table and a JSON file in --out-dir.
 
 Backbones: cvt13 (mmcvt, SDPA attention), cvt13-naive (mmcvt, attention
-that materialises the score matrix, as the official code), cvt13-cp
-(mmcvt with with_cp=True), hf-cvt13 (transformers' CvtModel, CvT-13
+that materialises the score matrix, as the official code),
+cvt13-selective and cvt13-cp (mmcvt with with_cp='selective' or True),
+hf-cvt13 (transformers' CvtModel, CvT-13
 shapes), swin-t, pvtv2-b2, r50 (MMDetection's Swin-T, PVTv2-b2, ResNet-50).
 All have random weights.
 """
@@ -46,6 +47,7 @@ def build_backbone(name):
     if name.startswith('cvt13'):
         from mmcvt.models import CvT
         options = {'cvt13': {}, 'cvt13-naive': dict(attn_impl='naive'),
+                   'cvt13-selective': dict(with_cp='selective'),
                    'cvt13-cp': dict(with_cp=True)}[name]
         return CvT('13', **options), lambda outs: sum(o.mean() for o in outs)
     if name == 'hf-cvt13':
@@ -217,7 +219,8 @@ def parse_args(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split('\n\n', 2)[2])
     parser.add_argument('--backbones', nargs='+', default=DEFAULT_BACKBONES,
-                        choices=DEFAULT_BACKBONES + ('cvt13-cp', ))
+                        choices=DEFAULT_BACKBONES +
+                        ('cvt13-selective', 'cvt13-cp'))
     parser.add_argument('--sizes', nargs='+', type=parse_size,
                         default=[[224, 224], [512, 512], [800, 1344]],
                         metavar='HxW')

@@ -30,6 +30,7 @@ from .cvt_checkpoint import load_pretrained
 
 PROJ_METHODS = ('dw_bn', 'avg', 'linear')
 ATTN_IMPLS = ('sdpa', 'naive')
+WITH_CP_MODES = (False, True, 'selective')
 
 
 @MODELS.register_module()
@@ -176,11 +177,14 @@ class ConvAttention(BaseModule):
         return self.proj_drop(self.proj(out))
 
 
-# The ops whose outputs a training step keeps for the backward: the matmuls,
-# convolutions and attention. Everything between them (norms, activations,
-# reshape copies) is cheap to redo and is recomputed in the backward instead,
-# through torch's selective activation checkpointing; at 800x1344 that keeps
-# about 40% less per block for a few percent more time.
+# The ops whose outputs ``with_cp='selective'`` keeps for the backward: the
+# matmuls, convolutions and attention. Everything between them (norms,
+# activations, reshape copies) is cheap to redo and is recomputed in the
+# backward instead, through torch's selective activation checkpointing. At
+# 800x1344 that saves about a fifth of a training step's memory in about the
+# same time (README, Speed and memory). It is not the default because the
+# recompute runs through a Python dispatch mode, whose cost per op shows at
+# small sizes: the shapes demos took 7% and 20% longer with it.
 _HEAVY_OPS = frozenset({
     torch.ops.aten.addmm,
     torch.ops.aten.mm,
@@ -191,6 +195,8 @@ _HEAVY_OPS = frozenset({
     torch.ops.aten._scaled_dot_product_efficient_attention,
     torch.ops.aten._scaled_dot_product_cudnn_attention,
 })
+
+
 class CvTBlock(BaseModule):
     """Pre-norm Transformer block: conv attention, then an MLP, each with a
     residual and drop path.
@@ -203,9 +209,10 @@ class CvTBlock(BaseModule):
         drop_path_rate (float): Stochastic depth of this block.
         act_cfg (dict): Activation of the MLP.
         norm_cfg (dict): The two pre-norms.
-        with_cp (bool): Keep none of the block's activations for the
-            backward but its input; recompute them all. Otherwise only the
-            outputs of the matmuls, convolutions and attention are kept.
+        with_cp (bool | str): True keeps none of the block's activations
+            for the backward but its input and recomputes them all;
+            'selective' keeps the outputs of the matmuls, convolutions and
+            attention and recomputes the rest; False is plain autograd.
         **attn_kwargs: The rest of :class:`ConvAttention`'s arguments.
     """
 
@@ -239,7 +246,7 @@ class CvTBlock(BaseModule):
 
     def forward(self, x, hw_shape):
         """(B, N, C) tokens -> (B, N, C) tokens."""
-        if not torch.is_grad_enabled():
+        if not (self.with_cp and torch.is_grad_enabled()):
             return self.forward_tokens(x, hw_shape)
         return cp.checkpoint(
             self.forward_tokens,
@@ -250,13 +257,13 @@ class CvTBlock(BaseModule):
 
     def _recompute_contexts(self):
         """``context_fn`` for ``torch.utils.checkpoint.checkpoint``: keep the
-        outputs of the :data:`_HEAVY_OPS` (unless ``with_cp``) and recompute
-        the rest. Ops that read or update the block's buffers (BatchNorm's
+        outputs of the :data:`_HEAVY_OPS` (for ``with_cp='selective'``) and
+        recompute the rest. Ops that read or update the block's buffers (BatchNorm's
         running statistics and batch counter) are kept too, so that the
         recompute does not update them a second time in the step, as a
         plain checkpoint would."""
         buffer_ids = {id(buffer) for buffer in self.buffers()}
-        keep_heavy_ops = not self.with_cp
+        keep_heavy_ops = self.with_cp == 'selective'
 
         def policy(ctx, op, *args, **kwargs):
             if (any(id(arg) in buffer_ids for arg in args) or keep_heavy_ops
@@ -393,9 +400,12 @@ class CvT(BaseModule):
             their output norms) are kept in eval mode without gradients.
             -1 freezes nothing.
         norm_eval (bool): Keep every BatchNorm in eval mode while training.
-        with_cp (bool): Recompute all of each block's activations in the
-            backward, for less memory. Without it, training still
-            recomputes the cheap ones (see ``CvTBlock``).
+        with_cp (bool | str): True recomputes all of each block's
+            activations in the backward, for the least memory. 'selective'
+            recomputes only the cheap ones, between the matmuls,
+            convolutions and attention: less memory than False for about
+            the same time at detection sizes. Outputs and gradients are the
+            same in all three modes.
         attn_impl (str): 'sdpa' (default) or 'naive'; see
             :class:`ConvAttention`.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=...)``
@@ -452,6 +462,9 @@ class CvT(BaseModule):
                              f'{self.num_stages - 1}], got {frozen_stages}')
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
+        if with_cp not in WITH_CP_MODES:
+            raise ValueError(f'with_cp must be one of {WITH_CP_MODES}, got '
+                             f'{with_cp!r}')
         self.with_cls_token = cls_token
 
         depths = self.arch['depths']
