@@ -1,4 +1,5 @@
-"""FLOP counting that sees attention, for tools/analysis_tools.
+"""What tools/analysis_tools share: FLOP counting that sees attention, and
+configs' models built with random weights.
 
 torch's ``FlopCounterMode`` counts matmuls, convolutions and the CUDA
 kernels of ``scaled_dot_product_attention``, but not its CPU kernel
@@ -9,6 +10,10 @@ and backward, with torch's own formulas. Elementwise work (norms,
 activations, softmax) is not counted, as in every FLOP counter of this kind.
 """
 import torch
+from mmengine.config import Config
+from mmengine.hub import get_config
+from mmengine.model import revert_sync_batchnorm
+from mmengine.registry import MODELS, init_default_scope
 from torch.utils.flop_counter import (FlopCounterMode,
                                       sdpa_backward_flop_count,
                                       sdpa_flop_count)
@@ -47,3 +52,20 @@ def count_flops(fn, *args, **kwargs):
     with counter:
         result = fn(*args, **kwargs)
     return counter.get_total_flops(), result
+
+
+def load_config(path):
+    """A config file, or a config of an installed library named as in
+    ``_base_`` (``'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'``),
+    which mmengine's hub resolves."""
+    return get_config(path) if '::' in path else Config.fromfile(path)
+
+
+def build_random_model(cfg):
+    """The config's model, built in the config's default scope, with
+    SyncBN turned into BatchNorm for one process, and without fetching any
+    checkpoint: its weights are random."""
+    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    cfg.model.backbone.init_cfg = None
+    cfg.model.pop('pretrained', None)
+    return revert_sync_batchnorm(MODELS.build(cfg.model))

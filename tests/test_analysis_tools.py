@@ -1,8 +1,6 @@
 """FLOP counting and the backbone benchmark (tools/analysis_tools)."""
 import json
-from pathlib import Path
 
-import mmdet
 import pytest
 import torch
 
@@ -13,7 +11,6 @@ from .utils import REPO, load_tool
 
 get_flops = load_tool('analysis_tools/get_flops.py')
 benchmark = load_tool('analysis_tools/benchmark_backbone.py')
-MMDET_CONFIGS = Path(mmdet.__file__).parent / '.mim' / 'configs'
 
 
 def cvt13_hand_count(height, width, with_cls_token):
@@ -68,8 +65,7 @@ def test_the_count_includes_the_cpu_attention_kernel():
 
 def test_get_flops_reproduces_mmdetections_zoo_count_for_mask_rcnn_r50():
     # the model zoo lists Mask R-CNN R-50-FPN at 260 GFLOPs, 1280x800
-    result = get_flops.main(
-        [str(MMDET_CONFIGS / 'mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py')])
+    result = get_flops.main(['mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'])
     assert result['shape'] == (1280, 800)
     assert result['macs'] == pytest.approx(260e9, rel=0.01)
 
@@ -108,8 +104,9 @@ def test_train_step_benchmark_runs_detector_and_segmentor_configs():
     train_step = load_tool('analysis_tools/benchmark_train_step.py')
     results = train_step.main([
         str(REPO / 'configs/demo/maskrcnn_cvt13_shapes.py'),
-        str(REPO / 'configs/demo/upernet_cvt13_shapes.py'), '--shape', '64',
+        str(REPO / 'configs/demo/upernet_cvt13_shapes.py'),
+        'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py', '--shape', '64',
         '96', '--batch', '2', '--warmup', '0', '--iters', '1'
     ])
-    assert len(results) == 2
+    assert len(results) == 3
     assert all(r['step_s'] > 0 and r['peak_memory_mib'] > 0 for r in results)

@@ -20,12 +20,10 @@ import statistics
 import time
 
 import torch
-from mmengine.config import Config
-from mmengine.model import revert_sync_batchnorm
 from mmengine.optim import build_optim_wrapper
-from mmengine.registry import MODELS, init_default_scope
 
 import mmcvt  # noqa: F401  registers CvT
+from mmcvt.analysis import build_random_model, load_config
 
 
 def parse_args(argv=None):
@@ -92,12 +90,9 @@ def num_classes_of(model):
 
 
 def benchmark(config, args):
-    cfg = Config.fromfile(config)
+    cfg = load_config(config)
     scope = cfg.get('default_scope', 'mmdet')
-    init_default_scope(scope)
-    cfg.model.backbone.init_cfg = None  # random weights; nothing to fetch
-    cfg.model.pop('pretrained', None)
-    model = revert_sync_batchnorm(MODELS.build(cfg.model))
+    model = build_random_model(cfg)
     model.init_weights()
     model.to(args.device).train()
     optim_cfg = cfg.optim_wrapper.copy()

@@ -14,12 +14,10 @@ random, which only changes how many proposals a detector keeps.
 import argparse
 
 import torch
-from mmengine.config import Config, DictAction
-from mmengine.model import revert_sync_batchnorm
-from mmengine.registry import MODELS, init_default_scope
+from mmengine.config import DictAction
 
 import mmcvt  # noqa: F401  registers CvT
-from mmcvt.analysis import count_flops
+from mmcvt.analysis import build_random_model, count_flops, load_config
 
 # (height, width) each library's model zoo counts at
 ZOO_SHAPES = {'mmdet': (1280, 800), 'mmseg': (512, 512)}
@@ -30,7 +28,8 @@ def parse_args(argv=None):
         description=__doc__.split('\n\n')[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split('\n\n', 2)[2])
-    parser.add_argument('config')
+    parser.add_argument(
+        'config', help='a config file, or mmdet::/mmseg:: and a config path')
     parser.add_argument(
         '--shape', type=int, nargs=2, metavar=('H', 'W'),
         help='input size; by default the model zoo\'s for the config\'s '
@@ -55,13 +54,11 @@ def tensor_mode_inputs(scope, height, width):
 def complexity(cfg, shape=None):
     """Parameters and multiply-adds of the config's model at ``shape``."""
     scope = cfg.get('default_scope', 'mmdet')
-    init_default_scope(scope)
     if scope not in ZOO_SHAPES:
         raise ValueError(f'default_scope {scope!r}: expected one of '
                          f'{list(ZOO_SHAPES)}')
     height, width = shape or ZOO_SHAPES[scope]
-    cfg.model.backbone.init_cfg = None  # weights do not change the count
-    model = revert_sync_batchnorm(MODELS.build(cfg.model)).eval()
+    model = build_random_model(cfg).eval()  # weights do not change the count
     image, data_samples = tensor_mode_inputs(scope, height, width)
     with torch.no_grad():
         flops, _ = count_flops(model, image, data_samples, mode='tensor')
@@ -74,7 +71,7 @@ def complexity(cfg, shape=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = Config.fromfile(args.config)
+    cfg = load_config(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     result = complexity(cfg, args.shape)
