@@ -54,7 +54,7 @@ def count_flops(fn, *args, **kwargs):
     return counter.get_total_flops(), result
 
 
-def load_config(path):
+def config_from(path):
     """A config file, or a config of an installed library named as in
     ``_base_`` (``'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'``),
     which mmengine's hub resolves."""

@@ -10,7 +10,8 @@ import argparse
 
 import mmcvt  # noqa: F401  registers CvT and the checkpoint loaders
 from mmcvt.engine import (add_runner_arguments, build_runner,
-                          check_data_paths, cpu_distributed, load_config)
+                          check_data_paths, cpu_distributed, load_config,
+                          use_amp)
 
 
 def parse_args(argv=None):
@@ -34,8 +35,7 @@ def parse_args(argv=None):
 def build_config(args):
     cfg = load_config(args)
     if args.amp:
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.loss_scale = 'dynamic'
+        use_amp(cfg)
     if args.auto_scale_lr:
         if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
             raise ValueError('--auto-scale-lr needs auto_scale_lr = dict('

@@ -41,6 +41,13 @@ def load_config(args):
     return cfg
 
 
+def use_amp(cfg):
+    """Train in mixed precision with a dynamic loss scale, as MMDetection's
+    and MMSegmentation's train.py --amp do."""
+    cfg.optim_wrapper.type = 'AmpOptimWrapper'
+    cfg.optim_wrapper.loss_scale = 'dynamic'
+
+
 def build_runner(cfg):
     return (Runner.from_cfg(cfg)
             if 'runner_type' not in cfg else RUNNERS.build(cfg))

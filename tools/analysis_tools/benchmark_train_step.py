@@ -23,7 +23,8 @@ import torch
 from mmengine.optim import build_optim_wrapper
 
 import mmcvt  # noqa: F401  registers CvT
-from mmcvt.analysis import build_random_model, load_config
+from mmcvt.analysis import build_random_model, config_from
+from mmcvt.engine import use_amp
 
 
 def parse_args(argv=None):
@@ -90,15 +91,14 @@ def num_classes_of(model):
 
 
 def benchmark(config, args):
-    cfg = load_config(config)
+    cfg = config_from(config)
     scope = cfg.get('default_scope', 'mmdet')
     model = build_random_model(cfg)
     model.init_weights()
     model.to(args.device).train()
-    optim_cfg = cfg.optim_wrapper.copy()
     if args.amp:
-        optim_cfg.update(type='AmpOptimWrapper', loss_scale='dynamic')
-    optim_wrapper = build_optim_wrapper(model, optim_cfg)
+        use_amp(cfg)
+    optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     batch = synthetic_batch(scope, args.batch, *args.shape,
                             num_classes_of(model))
 

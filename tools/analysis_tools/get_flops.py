@@ -17,7 +17,7 @@ import torch
 from mmengine.config import DictAction
 
 import mmcvt  # noqa: F401  registers CvT
-from mmcvt.analysis import build_random_model, count_flops, load_config
+from mmcvt.analysis import build_random_model, config_from, count_flops
 
 # (height, width) each library's model zoo counts at
 ZOO_SHAPES = {'mmdet': (1280, 800), 'mmseg': (512, 512)}
@@ -71,7 +71,7 @@ def complexity(cfg, shape=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = load_config(args.config)
+    cfg = config_from(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     result = complexity(cfg, args.shape)
