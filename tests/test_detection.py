@@ -29,6 +29,8 @@ COCO_CONFIGS = [
     'configs/maskrcnn_cvt13_coco.py',
     'configs/maskrcnn_cvt21_coco.py',
     'configs/maskrcnn_cvt13_ms-3x_coco.py',
+    'configs/cascade-maskrcnn_cvt13_ms-3x_coco.py',
+    'configs/retinanet_cvt13_coco.py',
 ]
 
 
@@ -104,12 +106,14 @@ def test_coco_configs_use_the_papers_backbone_settings():
     settings = {
         path: load_config(path).model.backbone for path in COCO_CONFIGS
     }
-    cvt13, cvt21, cvt13_3x = settings.values()
+    cvt13, cvt21, cvt13_3x, cascade_3x, retinanet = settings.values()
     assert (cvt13.arch, cvt13.drop_path_rate) == ('13', 0.1)
     assert (cvt21.arch, cvt21.drop_path_rate) == ('21', 0.2)
     assert cvt13.init_cfg.checkpoint == 'hf://microsoft/cvt-13'
     assert cvt21.init_cfg.checkpoint == 'hf://microsoft/cvt-21'
-    assert cvt13_3x == cvt13
+    assert cvt13_3x == cascade_3x == cvt13
+    # RetinaNet's FPN starts at stride 8: no stride-4 stage
+    assert retinanet == dict(cvt13, out_indices=(1, 2))
     assert all(b.norm_eval for b in settings.values())
 
 

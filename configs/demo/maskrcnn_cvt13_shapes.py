@@ -45,6 +45,7 @@ test_pipeline = [
          meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
                     'scale_factor')),
 ]
+dataset = dict(data_root=data_root, metainfo=metainfo)
 # two cores: loading 128x128 PNGs in the main process is cheaper than
 # worker processes
 train_dataloader = dict(
@@ -52,18 +53,15 @@ train_dataloader = dict(
     num_workers=0,
     persistent_workers=False,
     dataset=dict(
-        data_root=data_root,
-        metainfo=metainfo,
+        **dataset,
         ann_file='annotations/instances_train.json',
         data_prefix=dict(img='train/'),
         pipeline=train_pipeline))
+# the same loader settings, on the validation split
 val_dataloader = dict(
-    batch_size=8,
-    num_workers=0,
-    persistent_workers=False,
+    train_dataloader,
     dataset=dict(
-        data_root=data_root,
-        metainfo=metainfo,
+        **dataset,
         ann_file='annotations/instances_val.json',
         data_prefix=dict(img='val/'),
         pipeline=test_pipeline))
