@@ -1,0 +1,230 @@
+"""tools/analysis_tools/gather_results.py on the work dirs of short runs of
+the shapes demos: what it writes must be what the runs reported."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .utils import REPO, load_tool
+
+make_shapes = load_tool('misc/make_shapes_dataset.py')
+train_tool = load_tool('train.py')
+test_tool = load_tool('test.py')
+gather_results = load_tool('analysis_tools/gather_results.py')
+get_flops = load_tool('analysis_tools/get_flops.py')
+
+DET_DEMO = REPO / 'configs/demo/maskrcnn_cvt13_shapes.py'
+SEG_DEMO = REPO / 'configs/demo/upernet_cvt13_shapes.py'
+# test.py --tta with the ADE20K pipeline's 12 views, up to 1.75x of
+# 2048x512, takes a minute on two cores; two views of the image as it is
+# make the same kind of run in seconds
+SEG_DEMO_CHEAP_TTA = f'''_base_ = {str(SEG_DEMO)!r}
+tta_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='TestTimeAug', transforms=[
+        [dict(type='RandomFlip', prob=0.), dict(type='RandomFlip', prob=1.)],
+        [dict(type='LoadAnnotations')],
+        [dict(type='PackSegInputs')]])]
+'''
+
+
+def run_options(work_dir, name, data_root, **extra):
+    """--cfg-options for the shapes at data_root: batches of 2 images,
+    every training iteration logged, no validation."""
+    options = {
+        'train_dataloader.dataset.data_root': f'{data_root}/',
+        'test_dataloader.dataset.data_root': f'{data_root}/',
+        'train_dataloader.batch_size': '2',
+        'default_hooks.logger.interval': '1',
+        'val_dataloader': 'None',
+        'val_cfg': 'None',
+        'val_evaluator': 'None',
+        # unique: runners made in one second would share their logger, and
+        # runners in one process their visualizer, which saves each run's
+        # config into the first run's directory
+        'experiment_name': name,
+        'visualizer.name': name,
+        **extra,
+    }
+    return ['--work-dir', str(work_dir), '--cfg-options'] + [
+        f'{k}={v}' for k, v in options.items()
+    ]
+
+
+@pytest.fixture(scope='module')
+def detection_run(tmp_path_factory):
+    """The Mask R-CNN demo's work dir after train.py and test.py, and the
+    metrics test.py reported."""
+    root = tmp_path_factory.mktemp('shapes', numbered=False)
+    make_shapes.main(['--task', 'instance', '--out', str(root),
+                      '--num-train', '2', '--num-val', '2'])
+    work_dir = tmp_path_factory.mktemp('work_dirs') / 'maskrcnn_cvt13_shapes'
+    val_json = f'{root}/annotations/instances_val.json'
+    options = {'train_cfg.max_epochs': '1',
+               'default_hooks.checkpoint.interval': '1',
+               'test_evaluator.ann_file': val_json}
+    train_tool.main([str(DET_DEMO)] +
+                    run_options(work_dir, 'gather-det', root, **options))
+    metrics = test_tool.main(
+        [str(DET_DEMO), str(work_dir / 'epoch_1.pth')] +
+        run_options(work_dir, 'gather-det-test', root, **options))
+    return work_dir, metrics
+
+
+@pytest.fixture(scope='module')
+def segmentation_run(tmp_path_factory):
+    """The UperNet demo's work dir after train.py, test.py and test.py
+    --tta, and the metrics each test reported."""
+    root = tmp_path_factory.mktemp('shapes_seg', numbered=False)
+    make_shapes.main(['--task', 'semseg', '--out', str(root),
+                      '--num-train', '2', '--num-val', '2'])
+    # named as the demo, as the Runner names what it dumps into the work dir
+    config = tmp_path_factory.mktemp('config') / SEG_DEMO.name
+    config.write_text(SEG_DEMO_CHEAP_TTA)
+    work_dir = tmp_path_factory.mktemp('work_dirs') / 'upernet_cvt13_shapes'
+    options = {'train_cfg.max_iters': '1',
+               'default_hooks.checkpoint.interval': '1'}
+    train_tool.main([str(config)] +
+                    run_options(work_dir, 'gather-seg', root, **options))
+    checkpoint = str(work_dir / 'iter_1.pth')
+    single_scale = test_tool.main(
+        [str(config), checkpoint] +
+        run_options(work_dir, 'gather-seg-test', root))
+    tta = test_tool.main(
+        [str(config), checkpoint, '--tta'] +
+        run_options(work_dir, 'gather-seg-tta', root))
+    return work_dir, single_scale, tta
+
+
+def gather(tmp_path, *work_dirs, count_flops=False):
+    """The tables' rows by config name, the metafile's models by name."""
+    out_dir = tmp_path / 'gathered'
+    gather_results.main([str(w) for w in work_dirs] +
+                        ['--out-dir', str(out_dir)] +
+                        ([] if count_flops else ['--skip-flops']))
+    rows = {}
+    for line in (out_dir / 'results.md').read_text().splitlines():
+        if line.startswith('| `'):
+            cells = [cell.strip() for cell in line.strip('|').split('|')]
+            rows[cells[0].strip('`')] = cells[1:]
+    metafile = yaml.safe_load((out_dir / 'metafile.yml').read_text())
+    return rows, {model['Name']: model for model in metafile['Models']}
+
+
+def metric(model, name):
+    values = [r['Metrics'][name] for r in model['Results']
+              if name in r['Metrics']]
+    assert len(values) == 1, model['Results']
+    return values[0]
+
+
+def test_the_coco_row_and_metafile_hold_the_aps_test_py_reported(
+        detection_run, tmp_path):
+    work_dir, reported = detection_run
+    rows, models = gather(tmp_path, work_dir)
+    box_ap = round(reported['coco/bbox_mAP'] * 100, 1)
+    mask_ap = round(reported['coco/segm_mAP'] * 100, 1)
+    box, mask, *_ = rows['maskrcnn_cvt13_shapes.py']
+    assert (box, mask) == (str(box_ap), str(mask_ap))
+    model = models['maskrcnn_cvt13_shapes']
+    assert (metric(model, 'box AP'), metric(model, 'mask AP')) == (box_ap,
+                                                                   mask_ap)
+
+
+def test_the_metafile_names_the_config_schedule_data_and_weights(
+        detection_run, tmp_path):
+    work_dir, _ = detection_run
+    _, models = gather(tmp_path, work_dir)
+    model = models['maskrcnn_cvt13_shapes']
+    assert model['In Collection'] == 'CvT'
+    assert model['Config'] == 'configs/demo/maskrcnn_cvt13_shapes.py'
+    assert model['Metadata']['Epochs'] == 1  # as trained, not the config's 7
+    assert {r['Dataset'] for r in model['Results']} == {'shapes'}
+    assert model['Weights'] == str(work_dir / 'epoch_1.pth')
+
+
+def test_the_log_cell_names_the_training_runs_log(detection_run, tmp_path):
+    work_dir, _ = detection_run
+    rows, _ = gather(tmp_path, work_dir)
+    log = rows['maskrcnn_cvt13_shapes.py'][-1].strip('`')
+    assert log.endswith('.log')
+    assert 'Epoch(train) [1][1/1]' in open(log).read()
+
+
+def test_the_ade_row_and_metafile_hold_the_mious_test_py_reported(
+        segmentation_run, tmp_path):
+    work_dir, single_scale, tta = segmentation_run
+    rows, models = gather(tmp_path, work_dir)
+    miou, miou_tta = (round(single_scale['mIoU'], 2), round(tta['mIoU'], 2))
+    assert rows['upernet_cvt13_shapes.py'][:2] == [str(miou), str(miou_tta)]
+    model = models['upernet_cvt13_shapes']
+    assert metric(model, 'mIoU') == miou
+    assert metric(model, 'mIoU(ms+flip)') == miou_tta
+    assert model['Metadata']['Iterations'] == 1
+
+
+def test_params_and_flops_are_get_flops_counts(segmentation_run, tmp_path):
+    work_dir, *_ = segmentation_run
+    rows, models = gather(tmp_path, work_dir, count_flops=True)
+    counted = get_flops.main([str(SEG_DEMO)])
+    params, flops = rows['upernet_cvt13_shapes.py'][2:4]
+    assert params == f'{counted["params"] / 1e6:.2f} M'
+    assert flops == f'{counted["macs"] / 1e9:.1f} G'
+    metadata = models['upernet_cvt13_shapes']['Metadata']
+    assert metadata['Parameters'] == counted['params']
+    assert metadata['FLOPs'] == int(counted['macs'])
+
+
+def test_a_run_without_a_test_or_memory_is_not_measured(detection_run,
+                                                        tmp_path):
+    work_dir, _ = detection_run
+    # the work dir as training left it: without the test run's directory,
+    # which holds <timestamp>/<timestamp>.json
+    train_only = shutil.copytree(
+        work_dir, tmp_path / 'maskrcnn_cvt13_shapes',
+        ignore=lambda parent, names: [
+            name for name in names
+            if (Path(parent) / name / f'{name}.json').is_file()])
+    rows, models = gather(tmp_path, train_only)
+    # CPU training logs no memory
+    assert rows['maskrcnn_cvt13_shapes.py'][:5] == ['not measured'] * 5
+    assert models['maskrcnn_cvt13_shapes']['Results'] == []
+    assert 'Training Memory (GB)' not in models['maskrcnn_cvt13_shapes'][
+        'Metadata']
+
+
+def test_train_memory_is_the_peak_the_training_log_holds(detection_run,
+                                                         tmp_path):
+    work_dir, _ = detection_run
+    copy = shutil.copytree(work_dir, tmp_path / 'maskrcnn_cvt13_shapes')
+    # the fields a GPU run logs: MB per GPU, peak since the last log line
+    scalars, = copy.glob('*/vis_data/scalars.json')
+    train_line, = [json.loads(line)
+                   for line in scalars.read_text().splitlines()
+                   if 'loss' in line]
+    logged = [3000, 5120, 4000]
+    scalars.write_text(''.join(
+        json.dumps(dict(train_line, memory=memory, step=step)) + '\n'
+        for step, memory in enumerate(logged, start=1)))
+    rows, models = gather(tmp_path, copy)
+    assert rows['maskrcnn_cvt13_shapes.py'][4] == '5.0 GB'  # 5120 MB
+    assert models['maskrcnn_cvt13_shapes']['Metadata'][
+        'Training Memory (GB)'] == 5.0
+
+
+def test_a_directory_without_runs_is_skipped_with_a_message(
+        detection_run, tmp_path, capsys):
+    work_dir, _ = detection_run
+    not_a_run = tmp_path / 'benchmark'
+    not_a_run.mkdir()
+    rows, _ = gather(tmp_path, not_a_run, work_dir)
+    assert list(rows) == ['maskrcnn_cvt13_shapes.py']
+    assert f'skipped: {not_a_run} holds no finished run' in (
+        capsys.readouterr().err)
+
+
+def test_no_run_at_all_is_an_error(tmp_path):
+    with pytest.raises(SystemExit, match='no run found'):
+        gather_results.main([str(tmp_path), '--skip-flops'])
