@@ -1,8 +1,14 @@
+import os
+import shutil
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parent
+# Where OpenMMLab packages keep the files they ship besides their modules
+# (mmdet/.mim/configs and the like), relative to the package.
+MIM_CONFIGS = Path('.mim') / 'configs'
 
 
 def read_requirements(name):
@@ -11,6 +17,29 @@ def read_requirements(name):
     lines = (HERE / 'requirements' / f'{name}.txt').read_text().splitlines()
     return [line.strip() for line in lines
             if line.strip() and not line.lstrip().startswith('#')]
+
+
+class BuildPyWithConfigs(build_py):
+    """Ships configs/ inside the package, as mmcvt/.mim/configs.
+
+    A wheel gets a copy, made in the build directory so that the checkout is
+    left as it is. An editable install gets a link in the checkout,
+    mmcvt/.mim/configs -> ../../configs (git ignores it), so that an edited
+    config is seen without reinstalling; mmcvt.config_paths reads both.
+    """
+
+    def run(self):
+        super().run()
+        if self.editable_mode:
+            link = HERE / 'mmcvt' / MIM_CONFIGS
+            if not link.is_symlink():
+                link.parent.mkdir(exist_ok=True)
+                link.symlink_to(os.path.relpath(HERE / 'configs', link.parent))
+        else:
+            copy = Path(self.build_lib) / 'mmcvt' / MIM_CONFIGS
+            shutil.rmtree(copy, ignore_errors=True)  # configs since removed
+            shutil.copytree(HERE / 'configs', copy,
+                            ignore=shutil.ignore_patterns('__pycache__'))
 
 
 version = {}
@@ -29,4 +58,5 @@ setup(
     # or fetch a CUDA one; tools/install.sh installs it (requirements/torch.txt)
     install_requires=read_requirements('mmcv') + read_requirements('runtime'),
     extras_require={'tests': read_requirements('tests')},
+    cmdclass={'build_py': BuildPyWithConfigs},
 )

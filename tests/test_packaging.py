@@ -1,0 +1,201 @@
+"""The package as pip installs it: configs/ travels inside it, as
+mmcvt/.mim/configs, and a config anywhere can inherit one.
+
+The installs go into fresh virtual environments that see this one's
+site-packages through a .pth file, for torch, mmcv and the rest, and get
+mmcvt only from what is installed into them."""
+import json
+import os
+import shutil
+import site
+import subprocess
+import sys
+import tarfile
+import textwrap
+
+import pytest
+
+from mmcvt import config_paths
+
+from .utils import REPO
+
+BUILD_OUTPUTS = shutil.ignore_patterns(
+    '.git', '.venv', 'build', 'dist', '*.egg-info', '__pycache__', '.mim',
+    '.pytest_cache', 'data', 'work_dirs')
+
+
+def run(*command, cwd):
+    """Runs a command outside this checkout, with nothing on PYTHONPATH."""
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    result = subprocess.run([str(c) for c in command], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def fresh_venv(path):
+    """A virtual environment that sees this one's packages but not mmcvt
+    (this one has mmcvt as an editable install, which a plain path in a
+    .pth file does not activate)."""
+    run(sys.executable, '-m', 'venv', '--without-pip', path, cwd=path.parent)
+    python = path / 'bin' / 'python'
+    purelib = run(python, '-c',
+                  'import sysconfig; print(sysconfig.get_paths()["purelib"])',
+                  cwd=path.parent).strip()
+    with open(os.path.join(purelib, 'parent_env.pth'), 'w') as f:
+        f.write('\n'.join(site.getsitepackages()) + '\n')
+    return python
+
+
+def pip_install(python, *args, cwd):
+    # this environment's pip, seen through the .pth file; --ignore-installed:
+    # the editable mmcvt of this environment is seen too, and must be neither
+    # taken as installed nor uninstalled
+    run(python, '-m', 'pip', 'install', '--disable-pip-version-check',
+        '--no-deps', '--no-build-isolation', '--ignore-installed', *args,
+        cwd=cwd)
+
+
+@pytest.fixture(scope='module')
+def source(tmp_path_factory):
+    """A copy of the checkout without its build outputs and environment."""
+    copy = tmp_path_factory.mktemp('checkout') / 'mmcvt'
+    shutil.copytree(REPO, copy, ignore=BUILD_OUTPUTS)
+    return copy
+
+
+@pytest.fixture(scope='module')
+def sdist(source):
+    run(sys.executable, 'setup.py', '-q', 'sdist', '-d', source / 'dist',
+        cwd=source)
+    tarball, = (source / 'dist').glob('mmcvt-*.tar.gz')
+    return tarball
+
+
+@pytest.fixture(scope='module')
+def wheel_env(sdist, tmp_path_factory):
+    """A fresh environment with the wheel built from the sdist, as pip
+    builds it for `pip install mmcvt`."""
+    root = tmp_path_factory.mktemp('wheel_env')
+    run(sys.executable, '-m', 'pip', 'wheel', '--disable-pip-version-check',
+        '--no-deps', '--no-build-isolation', '--wheel-dir', root / 'wheels',
+        sdist, cwd=root)
+    wheel, = (root / 'wheels').glob('mmcvt-*.whl')
+    python = fresh_venv(root / 'venv')
+    pip_install(python, wheel, cwd=root)
+    return python, root
+
+
+@pytest.fixture(scope='module')
+def printed_config_paths(wheel_env):
+    """What `python -m mmcvt.config_paths` prints in the wheel's
+    environment: the absolute path of every shipped config."""
+    python, root = wheel_env
+    return run(python, '-m', 'mmcvt.config_paths', cwd=root).split()
+
+
+def test_the_sdist_carries_the_configs_and_requirements(sdist):
+    with tarfile.open(sdist) as tar:
+        names = {name.partition('/')[2] for name in tar.getnames()}
+    assert {'configs/maskrcnn_cvt13_coco.py',
+            'configs/_base_/cvt13_detection.py',
+            'configs/demo/upernet_cvt13_shapes.py',
+            'requirements/mmcv.txt', 'requirements/runtime.txt'} <= names
+
+
+def test_the_wheel_ships_every_config_inside_its_installed_package(
+        wheel_env, printed_config_paths):
+    _, root = wheel_env
+    installed = root / 'venv' / 'lib'
+    shipped = set()
+    for path in printed_config_paths:
+        package_dir, name = path.split('/mmcvt/.mim/configs/')
+        assert package_dir.startswith(str(installed))
+        assert package_dir.endswith('site-packages')
+        shipped.add(name)
+    in_checkout = {path.relative_to(REPO / 'configs').as_posix()
+                   for path in (REPO / 'configs').rglob('*.py')
+                   if '_base_' not in path.parts}
+    assert shipped == in_checkout
+
+
+def test_a_config_outside_the_repo_inherits_a_packaged_one(
+        wheel_env, printed_config_paths):
+    python, root = wheel_env
+    base, = [path for path in printed_config_paths
+             if path.endswith('/cascade-maskrcnn_cvt13_ms-3x_coco.py')]
+    user_config = root / 'my_cascade.py'
+    user_config.write_text(textwrap.dedent(f'''\
+        _base_ = {base!r}
+        model = dict(backbone=dict(drop_path_rate=0.3))
+        '''))
+    loaded = json.loads(run(python, '-c', textwrap.dedent('''\
+        import json, sys
+        from mmengine.config import Config
+        cfg = Config.fromfile(sys.argv[1])  # imports mmcvt: custom_imports
+        import mmcvt
+        print(json.dumps(dict(
+            mmcvt=mmcvt.__file__, detector=cfg.model.type,
+            backbone=cfg.model.backbone.type,
+            drop_path_rate=cfg.model.backbone.drop_path_rate)))
+        '''), user_config, cwd=root))
+    assert loaded['mmcvt'].startswith(str(root / 'venv'))
+    assert (loaded['detector'], loaded['backbone']) == ('CascadeRCNN', 'CvT')
+    assert loaded['drop_path_rate'] == 0.3
+
+
+def test_an_editable_install_links_the_checkouts_configs(source,
+                                                          tmp_path):
+    python = fresh_venv(tmp_path / 'venv')
+    pip_install(python, '-e', source, cwd=tmp_path)
+    package = run(python, '-c',
+                  'import importlib.util; '
+                  'print(importlib.util.find_spec("mmcvt").origin)',
+                  cwd=tmp_path).strip()
+    assert package == str(source / 'mmcvt' / '__init__.py')
+    # a link, so that an edited config is seen without reinstalling
+    link = source / 'mmcvt' / '.mim' / 'configs'
+    assert link.is_symlink() and link.resolve() == source / 'configs'
+
+
+# ---- mmcvt.config_paths -----------------------------------------------------
+def test_config_path_is_the_absolute_path_of_a_shipped_config(
+        tmp_path, monkeypatch):
+    (tmp_path / 'demo').mkdir()
+    (tmp_path / 'demo' / 'a.py').write_text('')
+    monkeypatch.setattr(config_paths, 'CONFIG_DIR', tmp_path)
+    assert config_paths.config_path('demo/a.py') == str(tmp_path / 'demo/a.py')
+
+
+def test_an_unknown_config_is_an_error_listing_the_shipped_ones(
+        tmp_path, monkeypatch):
+    (tmp_path / 'a.py').write_text('')
+    (tmp_path / '_base_').mkdir()
+    (tmp_path / '_base_' / 'part.py').write_text('')
+    monkeypatch.setattr(config_paths, 'CONFIG_DIR', tmp_path)
+    with pytest.raises(FileNotFoundError,
+                       match=r"no config 'b.py'; it ships: a.py$"):
+        config_paths.config_path('b.py')
+
+
+def test_an_install_without_configs_is_an_error_saying_to_reinstall(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(config_paths, 'CONFIG_DIR', tmp_path / 'absent')
+    with pytest.raises(FileNotFoundError, match='Reinstall'):
+        config_paths.config_path('maskrcnn_cvt13_coco.py')
+
+
+def test_python_m_config_paths_prints_the_named_configs_paths(
+        tmp_path, monkeypatch, capsys):
+    for name in ('a.py', 'b.py'):
+        (tmp_path / name).write_text('')
+    monkeypatch.setattr(config_paths, 'CONFIG_DIR', tmp_path)
+    config_paths.main(['b.py'])
+    assert capsys.readouterr().out == f'{tmp_path / "b.py"}\n'
+
+
+def test_listing_the_configs_of_an_install_without_them_is_an_error(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(config_paths, 'CONFIG_DIR', tmp_path / 'absent')
+    with pytest.raises(FileNotFoundError, match='Reinstall'):
+        config_paths.main([])
