@@ -3,8 +3,10 @@
 #   tools/dist_train.sh CONFIG NUM_PROCESSES [train.py options]
 # Without a GPU the processes train on the CPU over gloo.
 # NNODES, NODE_RANK, PORT and MASTER_ADDR set up multi-node runs; PYTHON
-# picks the interpreter (default: python).
+# picks the interpreter (default: the checkout's .venv/bin/python if there
+# is one, else python).
 set -euo pipefail
+source "$(dirname "$0")/python.sh"
 
 CONFIG=$1
 NPROC=$2
@@ -14,7 +16,7 @@ PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 
 PYTHONPATH="$(dirname "$0")/..${PYTHONPATH:+:$PYTHONPATH}" \
-"${PYTHON:-python}" -m torch.distributed.run \
+"$PYTHON" -m torch.distributed.run \
     --nnodes="$NNODES" \
     --node_rank="$NODE_RANK" \
     --master_addr="$MASTER_ADDR" \

@@ -2,8 +2,10 @@
 # Training under Slurm, as MMDetection's slurm_train.sh:
 #   tools/slurm_train.sh PARTITION JOB_NAME CONFIG WORK_DIR [train.py options]
 # GPUS (default 8), GPUS_PER_NODE (8), CPUS_PER_TASK (5) and SRUN_ARGS size
-# the job; PYTHON picks the interpreter (default: python).
+# the job; PYTHON picks the interpreter (default: the checkout's
+# .venv/bin/python if there is one, else python).
 set -euo pipefail
+source "$(dirname "$0")/python.sh"
 
 PARTITION=$1
 JOB_NAME=$2
@@ -25,5 +27,5 @@ srun -p "$PARTITION" \
     --cpus-per-task="$CPUS_PER_TASK" \
     --kill-on-bad-exit=1 \
     $SRUN_ARGS \
-    "${PYTHON:-python}" -u "$(dirname "$0")/train.py" "$CONFIG" \
+    "$PYTHON" -u "$(dirname "$0")/train.py" "$CONFIG" \
     --work-dir="$WORK_DIR" --launcher slurm "${@:5}"
