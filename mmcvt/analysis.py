@@ -1,4 +1,5 @@
-"""What tools/analysis_tools share: FLOP counting that sees attention, and
+"""What tools/analysis_tools share: FLOP counting that sees attention, the
+count of ops that launch kernels, peak memory on the CPU and CUDA, and
 configs' models built with random weights.
 
 torch's ``FlopCounterMode`` counts matmuls, convolutions and the CUDA
@@ -9,11 +10,14 @@ would vanish from the count. :func:`count_flops` adds that kernel, forward
 and backward, with torch's own formulas. Elementwise work (norms,
 activations, softmax) is not counted, as in every FLOP counter of this kind.
 """
+import collections
+
 import torch
 from mmengine.config import Config
 from mmengine.hub import get_config
 from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import MODELS, init_default_scope
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import (FlopCounterMode,
                                       sdpa_backward_flop_count,
                                       sdpa_flop_count)
@@ -52,6 +56,90 @@ def count_flops(fn, *args, **kwargs):
     with counter:
         result = fn(*args, **kwargs)
     return counter.get_total_flops(), result
+
+
+# Ops that launch no kernel beyond the views: allocations, and the view
+# that aten does not mark as one
+_NO_KERNEL = frozenset({
+    aten.empty.memory_format, aten.empty_strided.default,
+    aten.empty_like.default, aten.new_empty.default,
+    aten.new_empty_strided.default, aten._unsafe_view.default
+})
+
+
+class _KernelOpCounter(TorchDispatchMode):
+
+    def __init__(self):
+        super().__init__()
+        self.counts = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view and func not in _NO_KERNEL:
+            self.counts[str(func)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_kernel_ops(fn, *args, **kwargs):
+    """The aten ops that ``fn(*args, **kwargs)`` runs which launch a kernel
+    on a GPU (every op but views and allocations), backward included when
+    ``fn`` runs one. On a GPU, where a training step of small ops is bound
+    by launching them, their number says more than FLOPs do. Counted on
+    any device; the CPU runs the same ops as CUDA but for a few kernels'
+    internals (CUDA's batched matmul copies strided inputs itself).
+
+    Returns:
+        tuple[Counter, Any]: Ops by name, and the result of ``fn``.
+    """
+    counter = _KernelOpCounter()
+    with counter:
+        result = fn(*args, **kwargs)
+    return counter.counts, result
+
+
+def synchronize(device):
+    """Waits for the device's queued kernels, so that a timer sees them."""
+    if torch.device(device).type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+class PeakMemory:
+    """The peak memory of what runs after :meth:`start`, in MiB: on CUDA
+    ``max_memory_allocated``; on the CPU the process's peak RSS (Linux's
+    VmHWM, reset through ``/proc/self/clear_refs``), which also holds what
+    the allocator keeps."""
+
+    def __init__(self, device):
+        self.cuda = torch.device(device).type == 'cuda'
+        self.base = 0
+
+    def start(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            self.base = _proc_status_bytes('VmRSS')
+            with open('/proc/self/clear_refs', 'w') as f:
+                f.write('5')  # resets VmHWM to the current RSS
+        return self
+
+    def peak_mib(self):
+        """The peak since :meth:`start`, everything the process holds."""
+        peak = (torch.cuda.max_memory_allocated()
+                if self.cuda else _proc_status_bytes('VmHWM'))
+        return peak / 2**20
+
+    def added_mib(self):
+        """The peak since :meth:`start` over what was held at the start."""
+        return self.peak_mib() - self.base / 2**20
+
+
+def _proc_status_bytes(field):
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f'/proc/self/status has no {field}')
 
 
 def config_from(path):

@@ -45,7 +45,7 @@ def meta_macs(model, height, width):
 
 
 def test_the_count_of_cvt13_at_224_is_the_hand_count_and_the_papers():
-    macs = meta_macs(CvT('13', cls_token=True), 224, 224)
+    macs = meta_macs(CvT('13', with_cls_token=True), 224, 224)
     assert macs == cvt13_hand_count(224, 224, with_cls_token=True)
     assert macs == pytest.approx(4.5e9, rel=0.02)  # the paper's 4.5G
 

@@ -6,14 +6,13 @@ import pytest
 import torch
 
 from mmcvt.models import CvT
-from mmcvt.models.backbones.cvt_checkpoint import convert_official
+from mmcvt.models.backbones.cvt_checkpoint import BN_BUFFERS, convert_official
 
-from .utils import relative_error
+from .utils import pretrained_cvt, relative_error
 
 # With a 1000-class head, as the official code counts them (BN buffers not
 # counted); the paper rounds them to 20M, 32M and 277M.
 OFFICIAL_PARAMS = {'13': 19_997_480, '21': 31_622_696, 'w24': 277_196_392}
-BN_BUFFERS = ('running_mean', 'running_var', 'num_batches_tracked')
 
 
 @pytest.fixture(scope='module')
@@ -35,15 +34,10 @@ def tiny_official_model(tiny_reference, official_tiny_path):
     "state_dict", next to the spec and the cases.
     """
 
-    def build(cls_token):
-        model = CvT(
-            arch_from_official_spec(tiny_reference['spec']),
-            cls_token=cls_token,
-            out_norm=False,
-            init_cfg=dict(type='Pretrained',
-                          checkpoint=str(official_tiny_path)))
-        model.init_weights()
-        return model.eval()
+    def build(with_cls_token):
+        return pretrained_cvt(official_tiny_path,
+                              arch_from_official_spec(tiny_reference['spec']),
+                              with_cls_token=with_cls_token, out_norm=False)
 
     return build
 
@@ -70,7 +64,7 @@ def arch_from_official_spec(spec):
 @pytest.mark.parametrize('case', range(4))
 def test_stage_outputs_match_the_official_code_with_the_cls_token(
         tiny_reference, tiny_official_model, case):
-    model = tiny_official_model(cls_token=True)
+    model = tiny_official_model(with_cls_token=True)
     ref = tiny_reference['cases'][case]
     with torch.no_grad():
         outs = model(ref['input'])
@@ -83,7 +77,7 @@ def test_stage_outputs_match_the_official_code_with_the_cls_token(
 @pytest.mark.parametrize('case', range(4))
 def test_the_cls_token_after_the_last_stage_matches_the_official_code(
         tiny_reference, tiny_official_model, case):
-    model = tiny_official_model(cls_token=True)
+    model = tiny_official_model(with_cls_token=True)
     ref = tiny_reference['cases'][case]
     x = ref['input']
     with torch.no_grad():
@@ -96,7 +90,7 @@ def test_the_cls_token_after_the_last_stage_matches_the_official_code(
 @pytest.mark.parametrize('case', range(4))
 def test_without_the_cls_token_the_first_two_stages_still_match(
         tiny_reference, tiny_official_model, case):
-    model = tiny_official_model(cls_token=False)
+    model = tiny_official_model(with_cls_token=False)
     ref = tiny_reference['cases'][case]
     with torch.no_grad():
         outs = model(ref['input'])
@@ -105,19 +99,22 @@ def test_without_the_cls_token_the_first_two_stages_still_match(
 
 
 def shapes(state_dict):
-    return {k: tuple(v) for k, v in state_dict.items()}
+    return {k: tuple(v.shape) for k, v in state_dict.items()}
 
 
 @pytest.mark.parametrize('arch', ['13', '21', 'w24'])
-@pytest.mark.parametrize('cls_token', [False, True])
+@pytest.mark.parametrize('with_cls_token', [False, True])
 def test_preset_parameters_map_exactly_onto_the_released_keys(
-        official_keys, arch, cls_token):
-    released = {k: torch.Size(v) for k, v in official_keys[f'cvt-{arch}'].items()}
+        official_keys, arch, with_cls_token):
+    # shapes only: meta tensors go through the conversion as weights would
+    released = {k: torch.empty(v, device='meta')
+                for k, v in official_keys[f'cvt-{arch}'].items()}
     expected = shapes(convert_official(released))
     expected = {k: v for k, v in expected.items() if not k.startswith('head.')}
-    if not cls_token:
+    if not with_cls_token:
         del expected['stages.2.cls_token']
-    model = CvT(arch, cls_token=cls_token, out_norm=False, out_indices=2)
+    model = CvT(arch, with_cls_token=with_cls_token, out_norm=False,
+                out_indices=2)
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     # the released final norm becomes the last stage's output norm
     ours.update({'norm2.weight': ours['stages.2.patch_embed.norm.weight'],
@@ -137,14 +134,14 @@ def test_released_key_lists_have_the_official_parameter_counts(
 
 @pytest.mark.parametrize('arch, width', [('13', 384), ('21', 384),
                                          ('w24', 1024)])
-@pytest.mark.parametrize('cls_token', [False, True])
+@pytest.mark.parametrize('with_cls_token', [False, True])
 def test_parameter_count_is_the_official_one_without_head_with_out_norms(
-        arch, width, cls_token):
-    model = CvT(arch, cls_token=cls_token)
-    stage_widths = model.arch['embed_dims']
+        arch, width, with_cls_token):
+    model = CvT(arch, with_cls_token=with_cls_token)
+    stage_widths = [spec['embed_dims'] for spec in model.stage_specs]
     head = width * 1000 + 1000
     # the official final norm is our norm2; norm0 and norm1 are ours alone
     extra_norms = sum(2 * c for c in stage_widths[:-1])
-    cls = 0 if cls_token else width
+    cls = 0 if with_cls_token else width
     expected = OFFICIAL_PARAMS[arch] - head - cls + extra_norms
     assert sum(p.numel() for p in model.parameters()) == expected

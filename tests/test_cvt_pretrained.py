@@ -3,14 +3,17 @@ import pytest
 import torch
 
 from mmcvt.models import CvT
+from mmcvt.models.backbones.cvt_checkpoint import hf_to_official
 
-TINY = dict(embed_dims=[16, 32, 48], num_heads=[1, 2, 3], depths=[1, 1, 2])
+from .utils import HF_ARCH, pretrained_cvt
 
 
 @pytest.fixture(scope='module')
-def official_state_dict(official_tiny_path):
-    """An official-format state_dict of the TINY arch (with a head)."""
-    return torch.load(official_tiny_path)['state_dict']
+def official_state_dict(hf_model):
+    """An official-format state_dict of HF_ARCH (with a head and the cls
+    token), random in every tensor: transformers' weights under the
+    official names, a 1:1 renaming that test_model_converter checks."""
+    return hf_to_official(hf_model.state_dict())
 
 
 def save(obj, tmp_path, name='ckpt.pth'):
@@ -20,12 +23,7 @@ def save(obj, tmp_path, name='ckpt.pth'):
 
 
 def load(checkpoint, **kwargs):
-    model = CvT(
-        TINY,
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint),
-        **kwargs)
-    model.init_weights()
-    return model
+    return pretrained_cvt(checkpoint, HF_ARCH, **kwargs)
 
 
 def assert_holds_official_weights(model, official):
@@ -35,9 +33,13 @@ def assert_holds_official_weights(model, official):
         official['stage0.patch_embed.proj.weight'])
     torch.testing.assert_close(ours['stages.2.blocks.1.ffn.layers.1.weight'],
                                official['stage2.blocks.1.mlp.fc2.weight'])
+    # k and v fused: k's BN channels interleaved with v's, k's Linear first
     torch.testing.assert_close(
-        ours['stages.1.blocks.0.attn.conv_proj_k.bn.running_var'],
+        ours['stages.1.blocks.0.attn.conv_proj_kv.bn.running_var'][0::2],
         official['stage1.blocks.0.attn.conv_proj_k.bn.running_var'])
+    torch.testing.assert_close(
+        ours['stages.1.blocks.0.attn.proj_kv.weight'][48:],
+        official['stage1.blocks.0.attn.proj_v.weight'])
 
 
 @pytest.mark.parametrize('wrapper', [None, 'state_dict', 'model'])
@@ -51,14 +53,14 @@ def test_official_checkpoints_load_plain_or_wrapped(
 
 
 def test_official_cls_token_is_used_when_kept(official_state_dict, tmp_path):
-    model = load(save(official_state_dict, tmp_path), cls_token=True)
+    model = load(save(official_state_dict, tmp_path), with_cls_token=True)
     torch.testing.assert_close(model.stages[2].cls_token,
                                official_state_dict['stage2.cls_token'])
 
 
 def test_official_cls_token_is_dropped_when_not_kept(official_state_dict,
                                                      tmp_path):
-    model = load(save(official_state_dict, tmp_path), cls_token=False)
+    model = load(save(official_state_dict, tmp_path), with_cls_token=False)
     assert 'stages.2.cls_token' not in model.state_dict()
 
 
@@ -68,7 +70,7 @@ def test_official_final_norm_loads_into_the_last_output_norm(
     torch.testing.assert_close(model.norm2.weight,
                                official_state_dict['norm.weight'])
     # the other output norms are new and keep their initialisation
-    torch.testing.assert_close(model.norm0.weight, torch.ones(16))
+    torch.testing.assert_close(model.norm0.weight, torch.ones(24))
 
 
 def test_official_final_norm_is_dropped_without_a_last_output_norm(
@@ -84,7 +86,7 @@ def test_official_head_is_dropped(official_state_dict, tmp_path):
 
 def random_mmcvt_state_dict():
     torch.manual_seed(1)
-    source = CvT(TINY)
+    source = CvT(HF_ARCH)
     for param in source.parameters():
         torch.nn.init.normal_(param)
     return source.state_dict()
@@ -107,9 +109,11 @@ def test_a_missing_key_is_an_error_that_names_it(official_state_dict,
                                                  tmp_path):
     broken = dict(official_state_dict)
     del broken['stage1.blocks.0.attn.proj_v.weight']
+    # without its v, the k Linear cannot be fused: both are named
     with pytest.raises(ValueError,
                        match=r'missing keys \[stages\.1\.blocks\.0\.attn'
-                       r'\.proj_v\.weight\]'):
+                       r'\.proj_kv\.weight\].*unexpected keys \[stages\.1'
+                       r'\.blocks\.0\.attn\.proj_k\.weight\]'):
         load(save(broken, tmp_path))
 
 

@@ -11,12 +11,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mmcvt.engine.checkpoint_loader import url_cache_path
-from mmcvt.models import CvT
+from mmcvt.fileio.checkpoint_loader import url_cache_path
 
-from .utils import HF_ARCH, relative_error
+from .utils import HF_ARCH, pretrained_cvt, relative_error
 
-ARCH = HF_ARCH
 SIZES = [(224, 224), (97, 131), (64, 48), (33, 65)]
 
 
@@ -34,14 +32,9 @@ def hf_hidden_states(hf_model, x):
 
 
 def load_backbone(checkpoint):
-    model = CvT(
-        ARCH,
-        act_cfg=dict(type='GELU'),  # transformers' CvT uses exact GELU
-        cls_token=True,
-        out_norm=False,
-        init_cfg=dict(type='Pretrained', checkpoint=str(checkpoint)))
-    model.init_weights()
-    return model.eval()
+    # transformers' CvT uses exact GELU
+    return pretrained_cvt(checkpoint, HF_ARCH, act_cfg=dict(type='GELU'),
+                          with_cls_token=True, out_norm=False)
 
 
 def assert_reproduces_transformers(model, hf_model):
@@ -113,7 +106,7 @@ def fill_hub_cache(cache, repo, weights_file):
 LOAD_FROM_HUB = '''
 import sys, torch, mmcvt
 from mmcvt.models import CvT
-model = CvT({arch!r}, act_cfg=dict(type='GELU'), cls_token=True,
+model = CvT({arch!r}, act_cfg=dict(type='GELU'), with_cls_token=True,
             out_norm=False, init_cfg=dict(type='Pretrained',
             checkpoint='hf://test-owner/cvt-tiny'))
 model.init_weights()
@@ -133,7 +126,7 @@ def test_hf_url_loads_from_a_prefilled_cache_with_the_network_off(
     cache = tmp_path / 'hub'
     fill_hub_cache(cache, 'test-owner/cvt-tiny', hf_dir / 'model.safetensors')
     out = tmp_path / 'loaded.pth'
-    result = run_offline(LOAD_FROM_HUB.format(arch=ARCH), cache, out)
+    result = run_offline(LOAD_FROM_HUB.format(arch=HF_ARCH), cache, out)
     assert result.returncode == 0, result.stderr
     model = load_backbone(hf_dir)
     loaded = torch.load(out)
@@ -143,7 +136,7 @@ def test_hf_url_loads_from_a_prefilled_cache_with_the_network_off(
 
 
 def test_hf_url_without_network_or_cache_is_a_clear_error(tmp_path):
-    result = run_offline(LOAD_FROM_HUB.format(arch=ARCH), tmp_path / 'hub',
+    result = run_offline(LOAD_FROM_HUB.format(arch=HF_ARCH), tmp_path / 'hub',
                          tmp_path / 'never.pth')
     assert result.returncode != 0
     assert 'no weights for hf://test-owner/cvt-tiny' in result.stderr

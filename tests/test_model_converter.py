@@ -8,10 +8,10 @@ from safetensors.torch import load_file
 from mmcvt.models import CvT
 from mmcvt.models.backbones.cvt_checkpoint import hf_to_official
 
-from .utils import HF_ARCH, load_tool, relative_error
+from .utils import (HF_ARCH, load_tool, pretrained_cvt, relative_error,
+                    separate_kv)
 
 converter = load_tool('model_converters/cvt2mmcvt.py')
-ARCH = HF_ARCH
 
 
 def run(*args):
@@ -19,18 +19,15 @@ def run(*args):
 
 
 def backbone_from(path, arch, **kwargs):
-    model = CvT(arch, cls_token=True, out_norm=False,
-                init_cfg=dict(type='Pretrained', checkpoint=str(path)),
-                **kwargs)
-    model.init_weights()
-    return model.eval()
+    return pretrained_cvt(path, arch, with_cls_token=True, out_norm=False,
+                          **kwargs)
 
 
 def test_hf_weights_convert_to_a_backbone_that_reproduces_transformers(
         hf_model, hf_dir, tmp_path):
     dst = tmp_path / 'converted.pth'
-    assert run(hf_dir, dst, '--arch', json.dumps(ARCH)) == 0
-    model = backbone_from(dst, ARCH, act_cfg=dict(type='GELU'))
+    assert run(hf_dir, dst, '--arch', json.dumps(HF_ARCH)) == 0
+    model = backbone_from(dst, HF_ARCH, act_cfg=dict(type='GELU'))
     x = torch.randn(2, 3, 97, 131)
     with torch.no_grad():
         refs = hf_model.cvt(x, output_hidden_states=True).hidden_states
@@ -63,7 +60,7 @@ def test_official_and_hf_forms_of_the_same_weights_convert_identically(
     torch.save(hf_to_official(hf_weights), tmp_path / 'official.pth')
     for name in ('hf.bin', 'official.pth'):
         assert run(tmp_path / name, tmp_path / f'{name}.out', '--arch',
-                   json.dumps(ARCH)) == 0
+                   json.dumps(HF_ARCH)) == 0
     from_hf = torch.load(tmp_path / 'hf.bin.out')
     from_official = torch.load(tmp_path / 'official.pth.out')
     assert from_hf.keys() == from_official.keys()
@@ -71,10 +68,11 @@ def test_official_and_hf_forms_of_the_same_weights_convert_identically(
         assert torch.equal(from_hf[key], from_official[key]), key
 
 
-def test_converted_tensors_are_the_source_tensors_unchanged(
+def test_converted_tensors_hold_the_source_numbers_unchanged(
         hf_model, hf_dir, tmp_path):
-    assert run(hf_dir, tmp_path / 'out.pth', '--arch', json.dumps(ARCH)) == 0
-    converted = torch.load(tmp_path / 'out.pth')
+    assert run(hf_dir, tmp_path / 'out.pth', '--arch', json.dumps(HF_ARCH)) == 0
+    # k and v apart again: one converted tensor for each source tensor
+    converted = separate_kv(torch.load(tmp_path / 'out.pth'))
     source = {k: v for k, v in hf_model.state_dict().items()
               if not k.startswith('classifier.')}
     assert len(converted) == len(source)
@@ -85,7 +83,7 @@ def test_converted_tensors_are_the_source_tensors_unchanged(
 
 
 def test_safetensors_output_holds_the_same_tensors_as_pth(hf_dir, tmp_path):
-    arch = json.dumps(ARCH)
+    arch = json.dumps(HF_ARCH)
     assert run(hf_dir, tmp_path / 'a.pth', '--arch', arch) == 0
     assert run(hf_dir, tmp_path / 'a.safetensors', '--arch', arch,
                '--safetensors') == 0
@@ -97,10 +95,10 @@ def test_safetensors_output_holds_the_same_tensors_as_pth(hf_dir, tmp_path):
 
 def test_the_summary_names_the_format_the_counts_and_what_was_dropped(
         hf_dir, tmp_path, capsys):
-    assert run(hf_dir, tmp_path / 'out.pth', '--arch', json.dumps(ARCH)) == 0
+    assert run(hf_dir, tmp_path / 'out.pth', '--arch', json.dumps(HF_ARCH)) == 0
     summary = capsys.readouterr().out
     assert '(hf format)' in summary
-    params = sum(p.numel() for p in CvT(ARCH, cls_token=True,
+    params = sum(p.numel() for p in CvT(HF_ARCH, with_cls_token=True,
                                         out_indices=2).parameters())
     assert f'{params:,} parameters' in summary
     assert 'dropped: head.bias, head.weight' in summary
@@ -120,7 +118,7 @@ def test_weights_matching_no_preset_need_an_arch(hf_dir, tmp_path, capsys):
 
 def test_a_mismatch_is_an_error_naming_the_keys_and_writes_nothing(
         hf_dir, tmp_path, capsys):
-    wrong = dict(ARCH, depths=[1, 2, 2])
+    wrong = dict(HF_ARCH, depths=[1, 2, 2])
     assert run(hf_dir, tmp_path / 'out.pth', '--arch', json.dumps(wrong)) == 1
     err = capsys.readouterr().err
     assert 'unexpected keys [stages.2.blocks.2.' in err

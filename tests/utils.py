@@ -1,4 +1,8 @@
 import importlib.util
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -8,6 +12,18 @@ FIXTURES = REPO.parent / 'shared' / 'fixtures'
 # Non-default widths, heads and depths for transformers' CvT (it indexes its
 # drop-path rates by stage, so each stage needs more blocks than its index).
 HF_ARCH = dict(embed_dims=[24, 48, 96], num_heads=[2, 3, 4], depths=[1, 2, 3])
+# A small arch of the presets' shape, so that most tests run in a fraction of
+# a second.
+TINY = dict(embed_dims=[16, 32, 48], num_heads=[1, 2, 3], depths=[1, 1, 2])
+
+
+def pretrained_cvt(checkpoint, arch, **kwargs):
+    """A CvT that loads ``checkpoint`` through ``init_cfg``, in eval mode."""
+    from mmcvt.models import CvT
+    model = CvT(arch, init_cfg=dict(type='Pretrained',
+                                    checkpoint=str(checkpoint)), **kwargs)
+    model.init_weights()
+    return model.eval()
 
 
 def relative_error(out, ref):
@@ -22,3 +38,66 @@ def load_tool(path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_repo_config(path):
+    """A config of this repository (``path`` relative to it), with its
+    ``default_scope`` made the current scope, as the tools do."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    cfg = Config.fromfile(REPO / path)
+    init_default_scope(cfg.default_scope)
+    return cfg
+
+
+def predictions_png_cells(png, image_paths, columns):
+    """The cells of tools/misc/show_predictions.py's grid, after checking
+    the grid's size: for each input image, in order, the image as read and
+    the halves of its cell, ground truth left and predictions right."""
+    import mmcv
+    grid = mmcv.imread(png)
+    images = [mmcv.imread(path) for path in image_paths]
+    height, width = images[0].shape[:2]
+    rows = -(-len(images) // columns)
+    assert grid.shape == (rows * height, columns * 2 * width, 3)
+    for i, image in enumerate(images):
+        row, column = divmod(i, columns)
+        cell = grid[row * height:(row + 1) * height,
+                    column * 2 * width:(column + 1) * 2 * width]
+        yield image, cell[:, :width], cell[:, width:]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return str(s.getsockname()[1])
+
+
+def dist_train(config, num_processes, *args):
+    """tools/dist_train.sh on the CPU, whatever the machine has: the GPU
+    path needs a device per process. Returns the exit status and the log."""
+    env = dict(os.environ, PYTHON=sys.executable, PORT=free_port(),
+               OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
+    result = subprocess.run(
+        ['bash', str(REPO / 'tools/dist_train.sh'), str(config),
+         str(num_processes), *map(str, args)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return result.returncode, result.stdout + result.stderr
+
+
+def separate_kv(state_dict):
+    """A fused state_dict with k and v apart again, as the official code and
+    mmcvt before the fusion name them: the checkpoints users have."""
+    separate = {}
+    for key, value in state_dict.items():
+        if '.conv_proj_kv.' in key:
+            for i, name in enumerate('kv'):
+                part = value if key.endswith('num_batches_tracked') else \
+                    value[i::2]
+                separate[key.replace('_kv.', f'_{name}.')] = part.clone()
+        elif '.proj_kv.' in key:
+            for part, name in zip(value.chunk(2), 'kv'):
+                separate[key.replace('_kv.', f'_{name}.')] = part.clone()
+        else:
+            separate[key] = value
+    return separate

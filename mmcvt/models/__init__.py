@@ -1,3 +1,3 @@
-from .backbones import CvT, QuickGELU
+from .backbones import CvT, QuickGELU, parse_arch
 
-__all__ = ['CvT', 'QuickGELU']
+__all__ = ['CvT', 'QuickGELU', 'parse_arch']

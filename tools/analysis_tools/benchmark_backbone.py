@@ -14,12 +14,13 @@ FLOP/s it achieved. The machine's fp32 matmul rate is measured in the same
 run, in a process of its own, for comparison. Results go to a markdown
 table and a JSON file in --out-dir.
 
-Backbones: cvt13 (mmcvt, SDPA attention), cvt13-naive (mmcvt, attention
-that materialises the score matrix, as the official code),
-cvt13-selective and cvt13-cp (mmcvt with with_cp='selective' or True),
-hf-cvt13 (transformers' CvtModel, CvT-13
-shapes), swin-t, pvtv2-b2, r50 (MMDetection's Swin-T, PVTv2-b2, ResNet-50).
-All have random weights.
+Each eager case also counts the ops of one of its steps that launch a
+kernel on a GPU (views and allocations aside, see
+mmcvt.analysis.count_kernel_ops): where a GPU step is bound by launching
+small ops, that number says more than FLOPs. --compile runs each backbone
+through torch.compile with dynamic shapes, as CvT(compile=True) does.
+
+Backbones, all with random weights (--help lists them): see BACKBONES.
 """
 import argparse
 import copy
@@ -36,68 +37,73 @@ import time
 
 import torch
 
+from mmcvt.analysis import PeakMemory, synchronize
+
 RESULT_MARK = 'BENCHMARK-RESULT '
-DEFAULT_BACKBONES = ('cvt13', 'cvt13-naive', 'hf-cvt13', 'swin-t', 'pvtv2-b2',
-                     'r50')
 
 
-def build_backbone(name):
-    """A backbone with random weights, and a function of its output that
-    gives a scalar to backpropagate from."""
-    if name.startswith('cvt13'):
+def mmcvt_cvt13(**options):
+    def build():
         from mmcvt.models import CvT
-        options = {'cvt13': {}, 'cvt13-naive': dict(attn_impl='naive'),
-                   'cvt13-selective': dict(with_cp='selective'),
-                   'cvt13-cp': dict(with_cp=True)}[name]
-        return CvT('13', **options), lambda outs: sum(o.mean() for o in outs)
-    if name == 'hf-cvt13':
-        from transformers import CvtConfig, CvtModel
-
-        # transformers' defaults are CvT-13's shapes
-        return CvtModel(CvtConfig(), add_pooling_layer=False), \
-            lambda out: out.last_hidden_state.mean()
-    from mmdet.registry import MODELS
-    from mmengine.registry import init_default_scope
-    init_default_scope('mmdet')
-    cfg = {
-        'swin-t': dict(type='SwinTransformer', embed_dims=96,
-                       depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
-                       window_size=7, out_indices=(0, 1, 2, 3)),
-        'pvtv2-b2': dict(type='PyramidVisionTransformerV2', embed_dims=64,
-                         num_layers=[3, 4, 6, 3]),
-        'r50': dict(type='ResNet', depth=50),
-    }[name]
-    return MODELS.build(cfg), lambda outs: sum(o.mean() for o in outs)
+        return CvT('13', **options)
+    return build
 
 
-def rss_bytes():
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith('VmRSS:'):
-                return int(line.split()[1]) * 1024
+def transformers_cvt13():
+    from transformers import CvtConfig, CvtModel
+
+    # transformers' defaults are CvT-13's shapes
+    return CvtModel(CvtConfig(), add_pooling_layer=False)
 
 
-def reset_peak_rss():
-    """Resets the kernel's high-water mark of this process's RSS (Linux)."""
-    with open('/proc/self/clear_refs', 'w') as f:
-        f.write('5')
+def mmdet_backbone(cfg):
+    def build():
+        from mmdet.registry import MODELS
+        from mmengine.registry import init_default_scope
+        init_default_scope('mmdet')
+        return MODELS.build(cfg)
+    return build
 
 
-def peak_rss_bytes():
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith('VmHWM:'):
-                return int(line.split()[1]) * 1024
+# name -> (builder, what it is, whether a default run includes it)
+BACKBONES = {
+    'cvt13': (mmcvt_cvt13(), 'mmcvt, SDPA attention', True),
+    'cvt13-naive': (mmcvt_cvt13(attn_impl='naive'),
+                    'mmcvt, the score matrix materialised as in the '
+                    'official code', True),
+    'cvt13-selective': (mmcvt_cvt13(with_cp='selective'),
+                        "mmcvt, with_cp='selective'", False),
+    'cvt13-cp': (mmcvt_cvt13(with_cp=True), 'mmcvt, with_cp=True', False),
+    'hf-cvt13': (transformers_cvt13, "transformers' CvtModel, CvT-13 shapes",
+                 True),
+    'swin-t': (mmdet_backbone(
+        dict(type='SwinTransformer', embed_dims=96, depths=[2, 2, 6, 2],
+             num_heads=[3, 6, 12, 24], window_size=7,
+             out_indices=(0, 1, 2, 3))), "MMDetection's Swin-T", True),
+    'pvtv2-b2': (mmdet_backbone(
+        dict(type='PyramidVisionTransformerV2', embed_dims=64,
+             num_layers=[3, 4, 6, 3])), "MMDetection's PVTv2-b2", True),
+    'r50': (mmdet_backbone(dict(type='ResNet', depth=50)),
+            "MMDetection's ResNet-50", True),
+}
+
+
+def to_scalar(out):
+    """A scalar to backpropagate from, for a tuple of maps or transformers'
+    output."""
+    if hasattr(out, 'last_hidden_state'):
+        return out.last_hidden_state.mean()
+    return sum(o.mean() for o in out)
 
 
 def run_case(case):
     """Runs one case in this process; returns its measurements."""
-    from mmcvt.analysis import count_flops
+    from mmcvt.analysis import count_flops, count_kernel_ops
 
     torch.manual_seed(0)
     device = torch.device(case['device'])
     height, width = case['size']
-    model, to_scalar = build_backbone(case['backbone'])
+    model = BACKBONES[case['backbone']][0]()
     model.to(device)
     # not chained: some backbones' train() (mmdet's ResNet) return None
     model.train(case['mode'] == 'train')
@@ -116,10 +122,6 @@ def run_case(case):
         model.zero_grad(set_to_none=True)
         return out
 
-    def sync():
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-
     # FLOPs of the forward, on the meta device: no compute, no memory. A
     # backward counts as twice its forward, the usual estimate (FLOP
     # counters get the backward of grouped convs wrong).
@@ -128,25 +130,24 @@ def run_case(case):
             copy.deepcopy(model).to('meta'), image.to('meta'))
     if case['mode'] == 'train':
         flops *= 3
+    if case['compile']:
+        model.compile(dynamic=True)  # what CvT(compile=True) does
     gc.collect()
-    if device.type == 'cuda':
-        sync()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = rss_bytes()
-        reset_peak_rss()
+    memory = PeakMemory(device).start()
     times = []
     for _ in range(case['warmup'] + case['repeat']):
         start = time.perf_counter()
         out = step()
-        sync()
+        synchronize(device)
         times.append(time.perf_counter() - start)
         del out
-    peak = (torch.cuda.max_memory_allocated()
-            if device.type == 'cuda' else peak_rss_bytes())
+    peak_added_mib = memory.added_mib()
     latency = statistics.median(times[case['warmup']:])
-    result = {}
+    # after the timed runs, whose memory it would otherwise hide; a
+    # compiled step launches inductor's fused kernels, which no dispatch
+    # mode sees
+    result = {} if case['compile'] else dict(
+        kernel_ops=sum(count_kernel_ops(step)[0].values()))
     if case['precision'] != 'float32':
         # the reduced-precision output against fp32's, only now: memory
         # freed by an fp32 pass before the timed runs would hide theirs. In
@@ -161,7 +162,7 @@ def run_case(case):
     result.update(
         latency_s=latency,
         images_per_s=case['batch'] / latency,
-        peak_memory_added_mib=(peak - base) / 2**20,
+        peak_memory_added_mib=peak_added_mib,
         gflop=flops / 1e9,
         gflop_per_s=flops / 1e9 / latency,
         params_m=sum(p.numel() for p in model.parameters()) / 1e6)
@@ -183,8 +184,7 @@ def run_matmul(case, n=4096, repeat=10):
     for _ in range(repeat + 1):
         start = time.perf_counter()
         a @ b
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     latency = statistics.median(times[1:])
     return dict(latency_s=latency, gflop=2 * n**3 / 1e9,
@@ -218,9 +218,12 @@ def parse_args(argv=None):
         description=__doc__.split('\n\n')[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split('\n\n', 2)[2])
-    parser.add_argument('--backbones', nargs='+', default=DEFAULT_BACKBONES,
-                        choices=DEFAULT_BACKBONES +
-                        ('cvt13-selective', 'cvt13-cp'))
+    parser.add_argument(
+        '--backbones', nargs='+', choices=list(BACKBONES),
+        default=[name for name, (_, _, default) in BACKBONES.items()
+                 if default],
+        help='; '.join(f'{name}: {what}'
+                       for name, (_, what, _) in BACKBONES.items()))
     parser.add_argument('--sizes', nargs='+', type=parse_size,
                         default=[[224, 224], [512, 512], [800, 1344]],
                         metavar='HxW')
@@ -232,6 +235,9 @@ def parse_args(argv=None):
                         choices=['float32', 'bfloat16', 'float16'],
                         help='anything but float32 runs under autocast')
     parser.add_argument('--batch', type=int, default=1)
+    parser.add_argument(
+        '--compile', action='store_true',
+        help='torch.compile each backbone (dynamic shapes) before timing it')
     parser.add_argument('--warmup', type=int, default=1,
                         help='untimed runs before the timed ones')
     parser.add_argument('--repeat', type=int, default=5)
@@ -279,8 +285,9 @@ def cell(value, fmt):
 def markdown(results, matmul):
     lines = [
         '| backbone | input | mode | precision | latency (s) | images/s '
-        '| peak memory added (MiB) | GFLOP | GFLOP/s | % of matmul | note |',
-        '|---|---|---|---|---|---|---|---|---|---|---|',
+        '| peak memory added (MiB) | GFLOP | GFLOP/s | % of matmul '
+        '| kernel ops | note |',
+        '|---|---|---|---|---|---|---|---|---|---|---|---|',
     ]
     for r in results:
         rate = matmul.get(r['precision'], {}).get('gflop_per_s')
@@ -297,7 +304,8 @@ def markdown(results, matmul):
             f'| {cell(r.get("peak_memory_added_mib"), ".0f")} '
             f'| {cell(r.get("gflop"), ".1f")} '
             f'| {cell(r.get("gflop_per_s"), ".1f")} '
-            f'| {cell(share, ".0f")} | {note} |')
+            f'| {cell(share, ".0f")} | {cell(r.get("kernel_ops"), "d")} '
+            f'| {note} |')
     for precision, m in matmul.items():
         lines.append(f'\n{precision} matmul, 4096x4096x4096: '
                      f'{m["gflop_per_s"]:.1f} GFLOP/s')
@@ -316,7 +324,8 @@ def main(argv=None):
         return
 
     common = dict(batch=args.batch, warmup=args.warmup, repeat=args.repeat,
-                  device=args.device, memory_limit_gb=args.memory_limit_gb)
+                  device=args.device, memory_limit_gb=args.memory_limit_gb,
+                  compile=args.compile)
     matmul = {
         precision: run_in_fresh_process(
             dict(common, backbone='matmul', precision=precision),
@@ -341,7 +350,8 @@ def main(argv=None):
         json.dump(report, f, indent=1)
     table = (f'Machine: {report["machine"]}; torch {report["torch"]}, '
              f'{report["threads"]} threads; batch {args.batch}, median of '
-             f'{args.repeat} after {args.warmup} warm-up.\n\n' +
+             f'{args.repeat} after {args.warmup} warm-up'
+             f'{"; compiled" if args.compile else ""}.\n\n' +
              markdown(results, matmul))
     with open(osp.join(args.out_dir, 'benchmark.md'), 'w') as f:
         f.write(table + '\n')

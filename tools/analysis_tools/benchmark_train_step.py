@@ -10,10 +10,12 @@ Each config runs in this process, one after the other, with random weights
 (no checkpoint is loaded) on random images that carry a few random boxes and
 masks for detectors or a random label map for segmentors. A step is the
 Runner's: data preprocessing, forward, loss, backward and optimizer step
-through the config's optim_wrapper (AmpOptimWrapper with --amp). Reported:
-the median step time after warm-up, and the peak memory: on CUDA
-``max_memory_allocated``; on the CPU the process's peak RSS, which also
-holds every earlier config of the run.
+through the config's optim_wrapper (AmpOptimWrapper with --amp); with
+--compile the config's CvT backbone is built with compile=True
+(torch.compile, dynamic shapes) and the warm-up steps compile it. Reported:
+the median step time after warm-up, and the peak memory of the steps: on
+CUDA ``max_memory_allocated``; on the CPU the process's peak RSS (see
+mmcvt.analysis.PeakMemory).
 """
 import argparse
 import statistics
@@ -23,7 +25,8 @@ import torch
 from mmengine.optim import build_optim_wrapper
 
 import mmcvt  # noqa: F401  registers CvT
-from mmcvt.analysis import build_random_model, config_from
+from mmcvt.analysis import (PeakMemory, build_random_model, config_from,
+                            synchronize)
 from mmcvt.engine import use_amp
 
 
@@ -39,6 +42,10 @@ def parse_args(argv=None):
     parser.add_argument('--batch', type=int, default=2)
     parser.add_argument('--amp', action='store_true',
                         help='train as tools/train.py --amp does')
+    parser.add_argument(
+        '--compile', action='store_true',
+        help='build CvT backbones with compile=True (others are left as '
+        'they are)')
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--iters', type=int, default=5)
     parser.add_argument(
@@ -93,6 +100,8 @@ def num_classes_of(model):
 def benchmark(config, args):
     cfg = config_from(config)
     scope = cfg.get('default_scope', 'mmdet')
+    if args.compile and cfg.model.backbone.type == 'CvT':
+        cfg.model.backbone.compile = True
     model = build_random_model(cfg)
     model.init_weights()
     model.to(args.device).train()
@@ -102,26 +111,16 @@ def benchmark(config, args):
     batch = synthetic_batch(scope, args.batch, *args.shape,
                             num_classes_of(model))
 
-    def sync():
-        if args.device.startswith('cuda'):
-            torch.cuda.synchronize()
-
-    if args.device.startswith('cuda'):
-        torch.cuda.reset_peak_memory_stats()
+    memory = PeakMemory(args.device).start()
     times = []
     for _ in range(args.warmup + args.iters):
-        sync()
+        synchronize(args.device)
         start = time.perf_counter()
         model.train_step(batch, optim_wrapper)
-        sync()
+        synchronize(args.device)
         times.append(time.perf_counter() - start)
-    if args.device.startswith('cuda'):
-        peak_mib = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        import resource
-        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return dict(config=config, step_s=statistics.median(times[args.warmup:]),
-                peak_memory_mib=peak_mib)
+                peak_memory_mib=memory.peak_mib())
 
 
 def main(argv=None):
@@ -130,8 +129,9 @@ def main(argv=None):
     device = (torch.cuda.get_device_name()
               if args.device.startswith('cuda') else 'CPU')
     print(f'{device}; {args.batch} images of {args.shape[0]}x{args.shape[1]}'
-          f'; {"AMP" if args.amp else "fp32"}; median of {args.iters} steps '
-          f'after {args.warmup}')
+          f'; {"AMP" if args.amp else "fp32"}'
+          f'{"; CvT compiled" if args.compile else ""}; median of '
+          f'{args.iters} steps after {args.warmup}')
     print('| config | step (s) | peak memory (MiB) |\n|---|---|---|')
     for r in results:
         print(f'| {r["config"]} | {r["step_s"]:.3f} | '

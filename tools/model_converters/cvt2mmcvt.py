@@ -10,17 +10,16 @@ the backbone's state_dict with mmcvt names: a .pth file, or safetensors with
 """
 import argparse
 import json
+import os.path as osp
 import sys
 
 import torch
 
 import mmcvt  # noqa: F401  installs the checkpoint loaders
-from mmcvt.models import CvT
-from mmcvt.models.backbones.cvt_checkpoint import (fit_state_dict,
+from mmcvt.fileio.checkpoint_loader import HF_WEIGHTS_NAMES
+from mmcvt.models import CvT, parse_arch
+from mmcvt.models.backbones.cvt_checkpoint import (BN_BUFFERS, fit_state_dict,
                                                    load_cvt_state_dict)
-
-BN_BUFFERS = ('running_mean', 'running_var', 'num_batches_tracked')
-
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
@@ -64,25 +63,38 @@ def detect_arch(state_dict):
                      f'--arch with a JSON arch dict')
 
 
-def parse_arch(arch):
+def arch_from_argument(arch):
     return json.loads(arch) if arch.lstrip().startswith('{') else arch
+
+
+def is_read_from(dst, src):
+    """Whether writing ``dst`` would overwrite ``src``, or the weights file
+    of ``src`` when it is a transformers directory, under any path."""
+    if not osp.exists(dst) or '://' in src:
+        return False
+    read = [src] + ([osp.join(src, name) for name in HF_WEIGHTS_NAMES]
+                    if osp.isdir(src) else [])
+    return any(osp.exists(path) and osp.samefile(path, dst) for path in read)
 
 
 def convert(src, dst, arch=None, safetensors=False):
     """Converts ``src`` to ``dst``; returns the written state_dict.
 
     Raises:
-        ValueError: When the weights do not fit the arch; nothing is
-            written then.
+        ValueError: When the weights do not fit the arch, or ``dst`` is the
+            file being converted; nothing is written then.
     """
+    if is_read_from(dst, src):
+        raise ValueError(f'{dst} is the checkpoint being converted: writing '
+                         f'it would overwrite the input. Give another DST.')
     state_dict, fmt = load_cvt_state_dict(src)
     arch_source = 'given' if arch else 'detected from the shapes'
-    arch = parse_arch(arch) if arch else detect_arch(state_dict)
-    last = len(CvT._parse_arch(arch)['depths']) - 1
-    # keep the cls token when there is one: a model with cls_token=False
-    # drops it on loading, one with cls_token=True needs it
+    arch = arch_from_argument(arch) if arch else detect_arch(state_dict)
+    last = len(parse_arch(arch)) - 1
+    # keep the cls token when there is one: a model without it drops it on
+    # loading, one with it needs it
     has_cls_token = f'stages.{last}.cls_token' in state_dict
-    model = CvT(arch, cls_token=has_cls_token)
+    model = CvT(arch, with_cls_token=has_cls_token)
     kept, dropped, _ = fit_state_dict(state_dict, model)
 
     kept = {k: v.contiguous() for k, v in kept.items()}

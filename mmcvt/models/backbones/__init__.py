@@ -1,3 +1,3 @@
-from .cvt import CvT, QuickGELU
+from .cvt import CvT, QuickGELU, parse_arch
 
-__all__ = ['CvT', 'QuickGELU']
+__all__ = ['CvT', 'QuickGELU', 'parse_arch']

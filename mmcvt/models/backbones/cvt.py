@@ -1,36 +1,64 @@
 """CvT, the Convolutional vision Transformer (Wu et al., ICCV 2021,
 arXiv 2103.15808), as a backbone for dense prediction.
 
-The file reads top-down: the activation, the convolutional projection, the
-attention, the block and the stage, then the backbone. Parameter names follow
-the official code wherever the OpenMMLab bricks allow it, so that
-``cvt_checkpoint.convert_official`` is a short table of renames.
+The file reads top-down: the activation, the drop path, the convolutional
+projection, the attention, the block and the stage, then the arch parsing
+and the backbone. Parameter names follow the official code wherever the
+OpenMMLab bricks allow it, so that ``cvt_checkpoint.convert_official`` is a
+short table of renames. The one exception is the k/v projection, which is
+fused (see :class:`ConvAttention`).
+
+Written for GPUs, where a training step costs launch time per op more than
+FLOPs: k and v go through one conv, one BatchNorm and one matmul, drop path
+costs one op per residual, and nothing is copied that a later op copies
+anyway. ``torch.compile(CvT(...), dynamic=True, fullgraph=True)`` gives one
+graph for any image size.
 """
+import functools
 import itertools
-from numbers import Integral
+import warnings
+from numbers import Integral, Real
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
-from einops import rearrange
 from mmcv.cnn import ConvModule, build_norm_layer
-from mmcv.cnn.bricks.drop import build_dropout
 from mmcv.cnn.bricks.transformer import FFN, PatchEmbed
-from mmdet.registry import MODELS as DET_MODELS
 from mmengine.model import BaseModule, ModuleList
-from mmengine.model.weight_init import constant_init, trunc_normal_init
+from mmengine.model.weight_init import (constant_init, initialize,
+                                        trunc_normal_init)
 from mmengine.registry import MODELS
-from mmseg.registry import MODELS as SEG_MODELS
+from torch.func import functional_call
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
 from torch.utils.checkpoint import (CheckpointPolicy,
-                                     create_selective_checkpoint_contexts)
+                                    create_selective_checkpoint_contexts)
 
-from .cvt_checkpoint import load_pretrained
+from .cvt_checkpoint import fuse_kv_projection, load_pretrained
 
 PROJ_METHODS = ('dw_bn', 'avg', 'linear')
 ATTN_IMPLS = ('sdpa', 'naive')
 WITH_CP_MODES = (False, True, 'selective')
+
+
+class _QuickGELUFunction(torch.autograd.Function):
+    """``silu(1.702 x) / 1.702``, which is ``x * sigmoid(1.702 x)``, with a
+    backward of one op: the derivative is ``silu'(1.702 x)``, so
+    ``silu_backward`` gives it whole, where autograd on the expression runs
+    three ops (five on the product). It keeps ``1.702 x`` for the backward,
+    one tensor of the MLP's hidden width, as autograd would."""
+
+    @staticmethod
+    def forward(ctx, x):
+        scaled = x * 1.702
+        ctx.save_for_backward(scaled)
+        return F.silu(scaled) * (1 / 1.702)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        scaled, = ctx.saved_tensors
+        return torch.ops.aten.silu_backward(grad_output, scaled)
 
 
 @MODELS.register_module()
@@ -40,51 +68,210 @@ class QuickGELU(nn.Module):
     like mmcv's activations, so that every scope's ``act_cfg`` can name it."""
 
     def forward(self, x):
-        return x * torch.sigmoid(1.702 * x)
+        return _QuickGELUFunction.apply(x)
 
 
-def build_conv_projection(method, embed_dims, kernel_size, stride, padding,
-                          norm_cfg):
+def drop_path_scales(x, keep_probs, num_paths):
+    """Stochastic depth for a stack of blocks at once: per block, residual
+    branch and sample, 0 with probability ``1 - keep_prob`` and
+    ``1 / keep_prob`` otherwise. Two ops for a whole stage, where mmcv's
+    DropPath takes five per branch.
+
+    Args:
+        x (Tensor): (B, N, C) tokens, for the batch size, device and dtype.
+        keep_probs (Tensor): (depth, ) keep probability of each block.
+        num_paths (int): Residual branches per block.
+
+    Returns:
+        Tensor: (depth, num_paths, B, 1, 1).
+    """
+    keep_probs = keep_probs.view(-1, 1, 1, 1, 1)
+    return x.new_empty(keep_probs.shape[0], num_paths, x.shape[0], 1,
+                       1).bernoulli_(keep_probs).div_(keep_probs)
+
+
+class _AddScaledResidual(torch.autograd.Function):
+    """``x + branch * scale`` in one op, with a backward of one op: the
+    branch's gradient is written in the branch's dtype (bf16 under
+    autocast) by the multiplication itself, where autograd multiplies and
+    then casts."""
+
+    @staticmethod
+    def forward(ctx, x, branch, scale):
+        ctx.save_for_backward(scale)
+        ctx.branch_dtype = branch.dtype
+        return torch.addcmul(x, branch, scale)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        scale, = ctx.saved_tensors
+        grad_branch = grad_output.new_empty(
+            grad_output.shape, dtype=ctx.branch_dtype)
+        torch.mul(grad_output, scale, out=grad_branch)
+        return grad_output, grad_branch, None
+
+
+def add_residual(x, branch, scale):
+    """``x + branch``, the branch scaled per sample by ``scale``, a
+    (B, 1, 1) slice of :func:`drop_path_scales`, unless it is None."""
+    if scale is None:
+        return x + branch
+    return _AddScaledResidual.apply(x, branch, scale)
+
+
+def _autocast_dtype(x):
+    """The dtype autocast casts ``x``'s ops to, or None where it does not
+    (autocast off, a device without autocast such as 'meta') or where
+    nothing of ours should (torch.compile, whose kernels cast as they go).
+    """
+    device_type = x.device.type
+    if (torch.compiler.is_compiling()
+            or not torch.amp.is_autocast_available(device_type)
+            or not torch.is_autocast_enabled(device_type)):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
+def to_autocast_dtype(x):
+    """``x`` in autocast's dtype while autocast is on: one cast for all the
+    ops that read it, where autocast casts it again for each."""
+    dtype = _autocast_dtype(x)
+    return x if dtype is None else x.to(dtype)
+
+
+class _CastInOneOp(torch.autograd.Function):
+    """Casts tensors to one dtype with a single ``torch._foreach_copy_`` (one
+    kernel on CUDA for them all), and their gradients back with another."""
+
+    @staticmethod
+    def forward(ctx, dtype, *tensors):
+        ctx.set_materialize_grads(False)
+        ctx.dtypes = [t.dtype for t in tensors]
+        casts = [torch.empty_like(t, dtype=dtype) for t in tensors]
+        torch._foreach_copy_(casts, tensors)
+        ctx.mark_non_differentiable(
+            *(c for c, t in zip(casts, tensors) if not t.requires_grad))
+        return tuple(casts)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        present = [i for i, g in enumerate(grads) if g is not None]
+        grads_back = [None] * len(grads)
+        if present:
+            casts = [
+                torch.empty_like(grads[i], dtype=ctx.dtypes[i])
+                for i in present
+            ]
+            torch._foreach_copy_(casts, [grads[i] for i in present])
+            for i, cast in zip(present, casts):
+                grads_back[i] = cast
+        return (None, *grads_back)
+
+
+def with_autocast_weights(*modules, like):
+    """The modules as callables that run them with the weights and biases of
+    their convolutions and Linears cast, all in one op, to the dtype that
+    autocast would cast each of them to in an op of its own (a CvT-13
+    stage's 122 casts forward and 122 backward become one each).
+    Outside autocast on ``like``'s device, and under torch.compile (whose
+    kernels cast as they go), the modules themselves.
+
+    Returns:
+        tuple[Callable]: One per module.
+    """
+    dtype = _autocast_dtype(like)
+    if dtype is None:
+        return modules
+    names, tensors = [], []
+    for i, module in enumerate(modules):
+        for prefix, child in module.named_modules():
+            if isinstance(child, (nn.Linear, _ConvNd)):
+                for name, param in child.named_parameters(recurse=False):
+                    names.append((i, f'{prefix}.{name}' if prefix else name))
+                    tensors.append(param)
+    casts = _CastInOneOp.apply(dtype, *tensors)
+    weights = [{} for _ in modules]
+    for (i, name), cast in zip(names, casts):
+        weights[i][name] = cast
+    return tuple(
+        functools.partial(_call_with, module, module_weights)
+        for module, module_weights in zip(modules, weights))
+
+
+def _call_with(module, weights, *args):
+    return functional_call(module, weights, args)
+
+
+def build_conv_projection(method, in_channels, out_channels, kernel_size,
+                          stride, padding, norm_cfg):
     """The convolutional part of a q/k/v projection, on (B, C, H, W) maps.
 
-    'dw_bn' is a depthwise conv then a norm (BN by default); its children are
-    named ``conv`` and ``bn`` as in the official code. 'avg' is average
-    pooling with ``ceil_mode=True``, as the official code has it. 'linear'
-    leaves the map as it is; the Linear after it does all the work.
+    'dw_bn' is a depthwise conv (``out_channels`` a multiple of
+    ``in_channels``) then a norm (BN by default); its children are named
+    ``conv`` and ``bn`` as in the official code. 'avg' is average pooling
+    with ``ceil_mode=True``, as the official code has it. 'linear' leaves
+    the map as it is; the Linear after it does all the work. Only 'dw_bn'
+    uses ``out_channels``.
     """
     if method == 'dw_bn':
         return ConvModule(
-            embed_dims,
-            embed_dims,
+            in_channels,
+            out_channels,
             kernel_size,
             stride=stride,
             padding=padding,
-            groups=embed_dims,
+            groups=in_channels,
             bias=False,
             norm_cfg=norm_cfg,
             act_cfg=None)
     if method == 'avg':
         return nn.AvgPool2d(
             kernel_size, stride=stride, padding=padding, ceil_mode=True)
-    if method == 'linear':
-        return nn.Identity()
-    raise ValueError(f'unknown projection method {method!r}; '
-                     f'choose one of {PROJ_METHODS}')
+    return nn.Identity()
+
+
+def tokens_to_map(tokens, hw_shape):
+    """(B, H * W, C) tokens -> (B, C, H, W) map: in eager mode a view that
+    is channels_last in memory, which convolutions take without a copy.
+
+    Under torch.compile a contiguous tensor, which inductor writes in the op
+    before: with dynamic shapes, inductor (torch 2.13) fails to lower a
+    convolution of a view whose strides hold sizes it cannot bound
+    (ValueRangeError in pow_by_natural).
+    """
+    token_map = tokens.transpose(1, 2).unflatten(2, hw_shape)
+    return token_map.contiguous() if torch.compiler.is_compiling() \
+        else token_map
+
+
+def map_to_tokens(x):
+    """(B, C, H, W) map -> (B, H * W, C) tokens, a view (contiguous when the
+    map is channels_last, as the convs here return it)."""
+    return x.flatten(2).transpose(1, 2)
 
 
 class ConvAttention(BaseModule):
     """Multi-head attention whose q, k and v come from convolutional
     projections of the token map; k and v are usually subsampled.
 
+    k and v read the same map with the same kernel and stride, so they are
+    computed together: one depthwise conv with two filters per channel
+    (``conv_proj_kv``, the k and v filters of channel c at outputs 2c and
+    2c + 1), one BatchNorm over those 2C channels, whose statistics stay per
+    channel and so per projection, and one batched matmul for the two
+    Linears (``proj_kv``, the k rows then the v rows). Checkpoints with
+    separate k and v projections, as the official code and earlier mmcvt
+    versions write them, are fused on loading.
+
     Args:
         embed_dims (int): Width C of the tokens.
-        num_heads (int): Number of heads; must divide ``embed_dims``.
+        num_heads (int): Number of heads; divides ``embed_dims``.
         qkv_bias (bool): Bias in the q/k/v Linears.
         attn_drop_rate (float): Dropout on the attention weights.
         proj_drop_rate (float): Dropout after the output Linear.
         proj_method (str): 'dw_bn', 'avg' or 'linear'. With 'avg' only k and
             v are pooled; q is linear, as in the official code.
-        kernel_size (int): Kernel of the q/k/v projections.
+        kernel_qkv (int): Kernel of the q/k/v projections.
         stride_q, stride_kv, padding_q, padding_kv (int): Their strides and
             paddings.
         proj_norm_cfg (dict): Norm of the 'dw_bn' projections.
@@ -103,7 +290,7 @@ class ConvAttention(BaseModule):
                  attn_drop_rate=0.,
                  proj_drop_rate=0.,
                  proj_method='dw_bn',
-                 kernel_size=3,
+                 kernel_qkv=3,
                  stride_q=1,
                  stride_kv=2,
                  padding_q=1,
@@ -113,9 +300,6 @@ class ConvAttention(BaseModule):
                  attn_impl='sdpa',
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
-        if attn_impl not in ATTN_IMPLS:
-            raise ValueError(f'unknown attn_impl {attn_impl!r}; '
-                             f'choose one of {ATTN_IMPLS}')
         self.num_heads = num_heads
         # The official code scales by the whole width, not the head width;
         # the released weights were trained with it.
@@ -123,30 +307,68 @@ class ConvAttention(BaseModule):
         self.attn_drop_rate = attn_drop_rate
         self.with_cls_token = with_cls_token
         self.attn_impl = attn_impl
+        # 'dw_bn' gives k and v maps of their own; 'avg' and 'linear' one map
+        # that both read
+        self.kv_maps = 2 if proj_method == 'dw_bn' else 1
 
         q_method = 'linear' if proj_method == 'avg' else proj_method
         self.conv_proj_q = build_conv_projection(q_method, embed_dims,
-                                                 kernel_size, stride_q,
-                                                 padding_q, proj_norm_cfg)
-        self.conv_proj_k = build_conv_projection(proj_method, embed_dims,
-                                                 kernel_size, stride_kv,
-                                                 padding_kv, proj_norm_cfg)
-        self.conv_proj_v = build_conv_projection(proj_method, embed_dims,
-                                                 kernel_size, stride_kv,
-                                                 padding_kv, proj_norm_cfg)
+                                                 embed_dims, kernel_qkv,
+                                                 stride_q, padding_q,
+                                                 proj_norm_cfg)
+        self.conv_proj_kv = build_conv_projection(proj_method, embed_dims,
+                                                  2 * embed_dims, kernel_qkv,
+                                                  stride_kv, padding_kv,
+                                                  proj_norm_cfg)
         self.proj_q = nn.Linear(embed_dims, embed_dims, bias=qkv_bias)
-        self.proj_k = nn.Linear(embed_dims, embed_dims, bias=qkv_bias)
-        self.proj_v = nn.Linear(embed_dims, embed_dims, bias=qkv_bias)
+        self.proj_kv = nn.Linear(embed_dims, 2 * embed_dims, bias=qkv_bias)
         self.proj = nn.Linear(embed_dims, embed_dims)
         self.proj_drop = nn.Dropout(proj_drop_rate)
 
-    def _project(self, conv_proj, linear, token_map, cls_token):
-        """(B, C, H, W) map -> (B, heads, N', C / heads) tokens."""
-        tokens = conv_proj(token_map).flatten(2).transpose(1, 2)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # every way in (init_cfg, load_from, --resume) passes through here
+        fuse_kv_projection(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _split_heads(self, tokens):
+        """(..., N, C) -> (..., heads, N, C / heads), a view in eager mode."""
+        return tokens.unflatten(-1, (self.num_heads, -1)).transpose(-3, -2)
+
+    def _project_q(self, token_map, cls_token):
+        """(B, C, H, W) map -> (B, heads, [1 +] H * W, C / heads)."""
+        tokens = map_to_tokens(self.conv_proj_q(token_map))
         if cls_token is not None:
             tokens = torch.cat((cls_token, tokens), dim=1)
-        return rearrange(
-            linear(tokens), 'b n (h d) -> b h n d', h=self.num_heads)
+        return self._split_heads(self.proj_q(tokens))
+
+    def _project_kv(self, token_map, cls_token):
+        """(B, C, H, W) map -> k and v, each (B, heads, [1 +] h * w,
+        C / heads) for the subsampled h x w map."""
+        kv_map = self.conv_proj_kv(token_map)
+        batch, channels = kv_map.shape[:2]
+        embed_dims = channels // self.kv_maps
+        # (kv_maps, B, h * w, C): k's map then v's
+        tokens = map_to_tokens(kv_map).unflatten(
+            -1, (embed_dims, self.kv_maps)).permute(3, 0, 1, 2)
+        if cls_token is not None:
+            tokens = torch.cat(
+                (cls_token.expand(self.kv_maps, -1, -1, -1), tokens), dim=2)
+        num_tokens = tokens.shape[2]
+        # one batched matmul for both Linears, which reads the interleaved
+        # channels where they are (CPU) or copies them into place (CUDA)
+        tokens = tokens.reshape(self.kv_maps, batch * num_tokens,
+                                embed_dims).expand(2, -1, -1)
+        weight = self.proj_kv.weight.unflatten(0, (2, -1)).transpose(1, 2)
+        if self.proj_kv.bias is None:
+            kv = torch.bmm(tokens, weight)
+        else:
+            kv = torch.baddbmm(
+                self.proj_kv.bias.unflatten(0, (2, 1, -1)), tokens, weight)
+        # heads split after k and v are apart: their gradients then come
+        # back in the attention kernel's layout without a copy
+        k, v = (self._split_heads(t.unflatten(0, (batch, num_tokens)))
+                for t in kv)
+        return k, v
 
     def forward(self, x, hw_shape):
         """
@@ -157,14 +379,14 @@ class ConvAttention(BaseModule):
         Returns:
             Tensor: (B, [1 +] H * W, C).
         """
+        # both convolutions read it: cast it once
+        x = to_autocast_dtype(x)
         cls_token = None
         if self.with_cls_token:
             cls_token, x = x[:, :1], x[:, 1:]
-        token_map = rearrange(
-            x, 'b (h w) c -> b c h w', h=hw_shape[0], w=hw_shape[1])
-        q = self._project(self.conv_proj_q, self.proj_q, token_map, cls_token)
-        k = self._project(self.conv_proj_k, self.proj_k, token_map, cls_token)
-        v = self._project(self.conv_proj_v, self.proj_v, token_map, cls_token)
+        token_map = tokens_to_map(x, hw_shape)
+        q = self._project_q(token_map, cls_token)
+        k, v = self._project_kv(token_map, cls_token)
 
         attn_drop = self.attn_drop_rate if self.training else 0.
         if self.attn_impl == 'sdpa':
@@ -173,7 +395,9 @@ class ConvAttention(BaseModule):
         else:
             attn = (q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1)
             out = F.dropout(attn, attn_drop) @ v
-        out = rearrange(out, 'b h n d -> b n (h d)')
+        # (B, heads, N, C / heads) -> (B, N, C); a view where the attention
+        # kernel wrote its output head-interleaved, as SDPA's kernels do
+        out = out.transpose(1, 2).flatten(2)
         return self.proj_drop(self.proj(out))
 
 
@@ -189,6 +413,7 @@ _HEAVY_OPS = frozenset({
     torch.ops.aten.addmm,
     torch.ops.aten.mm,
     torch.ops.aten.bmm,
+    torch.ops.aten.baddbmm,
     torch.ops.aten.convolution,
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu,
     torch.ops.aten._scaled_dot_product_flash_attention,
@@ -206,7 +431,6 @@ class CvTBlock(BaseModule):
         num_heads (int): Attention heads.
         mlp_ratio (float): Hidden width of the MLP over C.
         drop_rate (float): Dropout after the attention and in the MLP.
-        drop_path_rate (float): Stochastic depth of this block.
         act_cfg (dict): Activation of the MLP.
         norm_cfg (dict): The two pre-norms.
         with_cp (bool | str): True keeps none of the block's activations
@@ -221,7 +445,6 @@ class CvTBlock(BaseModule):
                  num_heads,
                  mlp_ratio=4.,
                  drop_rate=0.,
-                 drop_path_rate=0.,
                  act_cfg=dict(type='QuickGELU'),
                  norm_cfg=dict(type='LN', eps=1e-5),
                  with_cp=False,
@@ -229,47 +452,65 @@ class CvTBlock(BaseModule):
                  **attn_kwargs):
         super().__init__(init_cfg=init_cfg)
         self.with_cp = with_cp
-        drop_path = dict(type='DropPath', drop_prob=drop_path_rate)
         self.norm1 = build_norm_layer(norm_cfg, embed_dims)[1]
         self.attn = ConvAttention(
             embed_dims, num_heads, proj_drop_rate=drop_rate, **attn_kwargs)
-        self.drop_path = build_dropout(drop_path)
         self.norm2 = build_norm_layer(norm_cfg, embed_dims)[1]
+        # The MLP's residual and drop path are added here, with the
+        # attention's, by add_residual
         self.ffn = FFN(
             embed_dims=embed_dims,
             feedforward_channels=int(embed_dims * mlp_ratio),
             num_fcs=2,
             ffn_drop=drop_rate,
-            dropout_layer=drop_path,
             act_cfg=act_cfg,
-            add_identity=True)
+            add_identity=False)
 
-    def forward(self, x, hw_shape):
-        """(B, N, C) tokens -> (B, N, C) tokens."""
-        if not (self.with_cp and torch.is_grad_enabled()):
-            return self.forward_tokens(x, hw_shape)
+    def forward(self, x, hw_shape, drop_path_scale=None):
+        """
+        Args:
+            x (Tensor): (B, N, C) tokens.
+            hw_shape (tuple[int]): The (H, W) of the token map.
+            drop_path_scale (Tensor, optional): (2, B, 1, 1) per-sample
+                scales of the two residual branches (stochastic depth, see
+                :func:`drop_path_scales`); None adds them as they are.
+
+        Returns:
+            Tensor: (B, N, C) tokens.
+        """
+        if not ((self.with_cp or torch.compiler.is_compiling())
+                and torch.is_grad_enabled()):
+            return self.forward_without_recompute(x, hw_shape,
+                                                  drop_path_scale)
         return cp.checkpoint(
-            self.forward_tokens,
+            self.forward_without_recompute,
             x,
             hw_shape,
+            drop_path_scale,
             use_reentrant=False,
-            context_fn=self._recompute_contexts)
+            # a partial: torch.compile calls a bound method without its self
+            context_fn=functools.partial(CvTBlock._recompute_contexts, self,
+                                         torch.compiler.is_compiling()))
 
-    def _recompute_contexts(self):
+    def _recompute_contexts(self, compiling):
         """``context_fn`` for ``torch.utils.checkpoint.checkpoint``: keep the
         outputs of the :data:`_HEAVY_OPS` (for ``with_cp='selective'``) and
-        recompute the rest. Ops that read or update the block's buffers (BatchNorm's
-        running statistics and batch counter) are kept too, so that the
-        recompute does not update them a second time in the step, as a
-        plain checkpoint would."""
+        recompute the rest. Ops that read or update the block's buffers
+        (BatchNorm's running statistics and batch counter) are kept too, so
+        that the recompute does not update them a second time in the step,
+        as a plain checkpoint would."""
         buffer_ids = {id(buffer) for buffer in self.buffers()}
         keep_heavy_ops = self.with_cp == 'selective'
+        rest = CheckpointPolicy.PREFER_RECOMPUTE if self.with_cp else \
+            CheckpointPolicy.PREFER_SAVE
 
         def policy(ctx, op, *args, **kwargs):
+            if compiling and op.is_view:
+                return CheckpointPolicy.MUST_RECOMPUTE
             if (any(id(arg) in buffer_ids for arg in args) or keep_heavy_ops
                     and op.overloadpacket in _HEAVY_OPS):
                 return CheckpointPolicy.MUST_SAVE
-            return CheckpointPolicy.PREFER_RECOMPUTE
+            return rest
 
         # The check that kept outputs are not mutated afterwards would flag
         # the kept in-place update of the batch counter: an in-place op bumps
@@ -278,10 +519,13 @@ class CvTBlock(BaseModule):
         return create_selective_checkpoint_contexts(
             policy, allow_cache_entry_mutation=True)
 
-    def forward_tokens(self, x, hw_shape):
-        """The block's computation, with plain autograd."""
-        x = x + self.drop_path(self.attn(self.norm1(x), hw_shape))
-        return self.ffn(self.norm2(x), identity=x)
+    def forward_without_recompute(self, x, hw_shape, drop_path_scale=None):
+        """The block's computation with plain autograd; :meth:`forward`
+        wraps it in a checkpoint when ``with_cp`` asks for one."""
+        attn_scale, ffn_scale = (None, None) if drop_path_scale is None \
+            else drop_path_scale
+        x = add_residual(x, self.attn(self.norm1(x), hw_shape), attn_scale)
+        return add_residual(x, self.ffn(self.norm2(x)), ffn_scale)
 
 
 class CvTStage(BaseModule):
@@ -293,12 +537,14 @@ class CvTStage(BaseModule):
         embed_dims (int): Token width of the stage.
         depth (int): Number of blocks.
         patch_size, patch_stride, patch_padding (int): The embedding conv.
-        drop_path_rates (Sequence[float]): One per block.
+        drop_path_rates (Sequence[float]): Stochastic depth, one rate per
+            block.
         with_cls_token (bool): Carry a learnable cls token through the
             blocks, as the official model does in its last stage.
         norm_cfg (dict): Norm of the embedding and of the blocks.
         drop_rate (float): Dropout on the embedded tokens and in the blocks.
-        **block_kwargs: The rest of :class:`CvTBlock`'s arguments.
+        **block_kwargs: The rest of :class:`CvTBlock`'s and
+            :class:`ConvAttention`'s arguments.
     """
 
     def __init__(self,
@@ -330,11 +576,16 @@ class CvTStage(BaseModule):
             CvTBlock(
                 embed_dims,
                 drop_rate=drop_rate,
-                drop_path_rate=rate,
                 norm_cfg=norm_cfg,
                 with_cls_token=with_cls_token,
-                **block_kwargs) for rate in drop_path_rates
+                **block_kwargs) for _ in range(depth)
         ])
+        self.drop_path_rates = tuple(drop_path_rates)
+        # not in the state_dict: it follows from the config
+        self.register_buffer(
+            'keep_probs',
+            1 - torch.tensor(self.drop_path_rates, dtype=torch.float32),
+            persistent=False)
 
     def forward(self, x):
         """
@@ -345,47 +596,200 @@ class CvTStage(BaseModule):
             tuple: (B, H * W, C) tokens without the cls token, the map size
             (H, W), and the (B, 1, C) cls token after the blocks, or None.
         """
-        x, hw_shape = self.patch_embed(x)
+        patch_embed, *blocks = with_autocast_weights(
+            self.patch_embed, *self.blocks, like=x)
+        x, hw_shape = patch_embed(x)
         if self.cls_token is not None:
             x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), 1)
         x = self.drop_after_embed(x)
-        for block in self.blocks:
-            x = block(x, hw_shape)
+        scales = [None] * len(blocks)
+        if self.training and any(self.drop_path_rates):
+            scales = drop_path_scales(x, self.keep_probs, 2)
+        for block, scale in zip(blocks, scales):
+            x = block(x, hw_shape, scale)
         if self.cls_token is None:
             return x, hw_shape, None
         return x[:, 1:], hw_shape, x[:, :1]
 
 
-def _per_stage(name, value, num_stages):
+# ---- the arch ---------------------------------------------------------------
+# Keys of an arch dict, one value per stage, and the CvTStage argument each
+# becomes. The first three are required; the rest default to ARCH_DEFAULTS.
+ARCH_KEYS = {
+    'embed_dims': 'embed_dims',
+    'depths': 'depth',
+    'num_heads': 'num_heads',
+    'patch_sizes': 'patch_size',
+    'patch_strides': 'patch_stride',
+    'patch_paddings': 'patch_padding',
+    'mlp_ratios': 'mlp_ratio',
+    'qkv_bias': 'qkv_bias',
+    'proj_methods': 'proj_method',
+    'kernel_qkv': 'kernel_qkv',
+    'stride_q': 'stride_q',
+    'stride_kv': 'stride_kv',
+    'padding_q': 'padding_q',
+    'padding_kv': 'padding_kv',
+}
+REQUIRED_ARCH_KEYS = ('embed_dims', 'depths', 'num_heads')
+# Shared by the three presets; an arch dict may override any of them, with a
+# list or with one value for every stage.
+ARCH_DEFAULTS = dict(
+    patch_sizes=[7, 3, 3],
+    patch_strides=[4, 2, 2],
+    patch_paddings=[2, 1, 1],
+    mlp_ratios=4.,
+    qkv_bias=True,
+    proj_methods='dw_bn',
+    kernel_qkv=3,
+    stride_q=1,
+    stride_kv=2,
+    padding_q=1,
+    padding_kv=1)
+ARCH_ZOO = {
+    '13': dict(embed_dims=[64, 192, 384], num_heads=[1, 3, 6],
+               depths=[1, 2, 10]),
+    '21': dict(embed_dims=[64, 192, 384], num_heads=[1, 3, 6],
+               depths=[1, 4, 16]),
+    'w24': dict(embed_dims=[192, 768, 1024], num_heads=[3, 12, 16],
+                depths=[2, 2, 20]),
+}
+
+
+def _preset(name):
+    """The preset dict of a name such as '13', 13, 'cvt-13' or 'CvT_13'."""
+    key = str(name).lower().replace('_', '-')
+    key = key[len('cvt'):].lstrip('-') if key.startswith('cvt') else key
+    if key not in ARCH_ZOO:
+        raise ValueError(
+            f'unknown CvT arch {name!r}; choose one of {sorted(ARCH_ZOO)} '
+            f'(or e.g. "cvt-13"), or pass a dict with '
+            f'{list(REQUIRED_ARCH_KEYS)}')
+    return ARCH_ZOO[key]
+
+
+def _per_stage(key, value, num_stages):
     """One value per stage from a list of them or a single shared value."""
+    if key in REQUIRED_ARCH_KEYS and not isinstance(value, (list, tuple)):
+        raise ValueError(f'arch[{key!r}] must be a list, one entry per '
+                         f'stage, got {value!r}')
     if isinstance(value, (list, tuple)):
         if len(value) != num_stages:
-            raise ValueError(f'arch[{name!r}] has {len(value)} entries, but '
+            raise ValueError(f'arch[{key!r}] has {len(value)} entries, but '
                              f'the arch has {num_stages} stages')
         return list(value)
     return [value] * num_stages
+
+
+def _is_int(value):
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _check_stage_spec(i, spec):
+    for arg, least in (('embed_dims', 1), ('depth', 1), ('num_heads', 1),
+                       ('patch_size', 1), ('patch_stride', 1),
+                       ('patch_padding', 0), ('kernel_qkv', 1),
+                       ('stride_q', 1), ('stride_kv', 1), ('padding_q', 0),
+                       ('padding_kv', 0)):
+        if not _is_int(spec[arg]) or spec[arg] < least:
+            raise ValueError(f'stage {i}: {arg} must be an int >= {least}, '
+                             f'got {spec[arg]!r}')
+    if not isinstance(spec['mlp_ratio'], Real) or spec['mlp_ratio'] <= 0:
+        raise ValueError(f'stage {i}: mlp_ratio must be a number > 0, got '
+                         f'{spec["mlp_ratio"]!r}')
+    if not isinstance(spec['qkv_bias'], bool):
+        raise ValueError(f'stage {i}: qkv_bias must be True or False, got '
+                         f'{spec["qkv_bias"]!r}')
+    dims, heads = spec['embed_dims'], spec['num_heads']
+    if dims % heads:
+        raise ValueError(f'stage {i}: num_heads={heads} does not divide '
+                         f'embed_dims={dims}')
+    method = spec['proj_method']
+    if method not in PROJ_METHODS:
+        raise ValueError(f'stage {i}: unknown projection method {method!r}; '
+                         f'choose one of {PROJ_METHODS}')
+    # The residual around the attention needs as many queries as tokens;
+    # only 'dw_bn' convolves q.
+    k, s, p = spec['kernel_qkv'], spec['stride_q'], spec['padding_q']
+    if method == 'dw_bn' and (s != 1 or 2 * p != k - 1):
+        raise ValueError(
+            f'stage {i}: the q projection (kernel {k}, stride {s}, padding '
+            f'{p}) changes the map size, which breaks the residual; use '
+            f'stride_q=1 and padding_q={(k - 1) // 2}')
+
+
+def parse_arch(arch):
+    """The stages of a preset or an arch dict, checked.
+
+    Args:
+        arch (str | int | dict): A preset of :data:`ARCH_ZOO` ('13', 13,
+            'cvt-13', ...) or a dict with per-stage lists ``embed_dims``,
+            ``depths`` and ``num_heads`` and, optionally, any key of
+            :data:`ARCH_DEFAULTS` as a list or a single value.
+
+    Returns:
+        list[dict]: One spec per stage, whose keys are :class:`CvTStage`'s
+        argument names (``depth``, ``kernel_qkv``, ...).
+    """
+    if isinstance(arch, (str, Integral)) and not isinstance(arch, bool):
+        arch = _preset(arch)
+    elif not isinstance(arch, dict):
+        raise TypeError(f'arch must be a preset name ({sorted(ARCH_ZOO)}) '
+                        f'or a dict, got {arch!r} of type '
+                        f'{type(arch).__name__}')
+    missing = [k for k in REQUIRED_ARCH_KEYS if k not in arch]
+    if missing:
+        raise ValueError(f'arch dict lacks {missing}; it needs '
+                         f'{list(REQUIRED_ARCH_KEYS)} as lists')
+    unknown = set(arch) - set(ARCH_KEYS)
+    if unknown:
+        raise ValueError(f'arch dict has unknown keys {sorted(unknown)}; '
+                         f'known optional keys: {list(ARCH_DEFAULTS)}')
+    if not isinstance(arch['depths'], (list, tuple)) or not arch['depths']:
+        raise ValueError(f'arch["depths"] must be a non-empty list, one '
+                         f'entry per stage, got {arch["depths"]!r}')
+    num_stages = len(arch['depths'])
+    values = {
+        ARCH_KEYS[key]: _per_stage(key, arch.get(key, ARCH_DEFAULTS.get(key)),
+                                   num_stages)
+        for key in ARCH_KEYS
+    }
+    specs = [{arg: per_stage[i] for arg, per_stage in values.items()}
+             for i in range(num_stages)]
+    for i, spec in enumerate(specs):
+        _check_stage_spec(i, spec)
+    return specs
 
 
 def _conv_out_size(size, kernel, stride, padding):
     return (size + 2 * padding - kernel) // stride + 1
 
 
-@DET_MODELS.register_module()
-@SEG_MODELS.register_module()
+def _check_rate(name, value):
+    if not isinstance(value, Real) or not 0 <= value < 1:
+        raise ValueError(f'{name} must be a probability in [0, 1), got '
+                         f'{value!r}')
+
+
+@MODELS.register_module()
 class CvT(BaseModule):
     """CvT backbone for dense prediction: three stages at strides 4/8/16 for
     the presets, each returned as an NCHW map.
 
+    Registered in mmengine's root MODELS, of which MMDetection's and
+    MMSegmentation's registries are children, so configs of either library
+    find it without this file importing them.
+
     Args:
-        arch (str | dict): '13', '21' or 'w24' (also 'cvt-13' and the like)
-            for the paper's models, or a dict with per-stage lists
-            ``embed_dims``, ``depths`` and ``num_heads`` and, optionally,
-            any key of :attr:`arch_defaults` as a list or a single value.
+        arch (str | int | dict): '13', '21' or 'w24' (also 13, 'cvt-13' and
+            the like) for the paper's models, or a dict; see
+            :func:`parse_arch`.
         in_channels (int): Channels of the input image.
         out_indices (Sequence[int] | int): Stages to return; negative indices
             count from the last stage.
-        cls_token (bool): Carry the official model's cls token through the
-            last stage. It is never returned. False is the dense default.
+        with_cls_token (bool): Carry the official model's cls token through
+            the last stage. It is never returned. False is the dense default.
+            (``cls_token``, its earlier name, still works, with a warning.)
         out_norm (bool): Add a LayerNorm (``norm_cfg``) on each returned
             stage, as Swin and PVT do in MMDetection.
         drop_rate (float): Dropout on tokens, after attention and in MLPs.
@@ -397,8 +801,9 @@ class CvT(BaseModule):
         norm_cfg (dict): Norm of the embeddings, blocks and output norms.
         proj_norm_cfg (dict): Norm of the 'dw_bn' projections.
         frozen_stages (int): Stages 0..frozen_stages (embedding, blocks and
-            their output norms) are kept in eval mode without gradients.
-            -1 freezes nothing.
+            their output norms) are kept in eval mode without gradients,
+            from construction on, so that DDP never takes them for trainable
+            parameters. -1 freezes nothing.
         norm_eval (bool): Keep every BatchNorm in eval mode while training.
         with_cp (bool | str): True recomputes all of each block's
             activations in the backward, for the least memory. 'selective'
@@ -408,38 +813,25 @@ class CvT(BaseModule):
             same in all three modes.
         attn_impl (str): 'sdpa' (default) or 'naive'; see
             :class:`ConvAttention`.
-        init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=...)``
-            loads official or mmcvt weights in :meth:`init_weights`.
+        compile (bool | dict): Run the backbone through ``torch.compile``:
+            True with ``dynamic=True`` (one graph for every image size), a
+            dict for other ``torch.compile`` options (merged over those).
+            The rest of the detector stays eager. See README, "Compiling".
+        pretrained (str, optional): Deprecated; use ``init_cfg=dict(
+            type='Pretrained', checkpoint=...)``, which it becomes.
+        init_cfg (dict | list[dict], optional): ``dict(type='Pretrained',
+            checkpoint=...)`` loads official, transformers or mmcvt weights
+            in :meth:`init_weights`; other entries go to mmengine's
+            initialisers.
     """
 
-    # Shared by the three presets; an arch dict may override any of them.
-    arch_defaults = dict(
-        patch_sizes=[7, 3, 3],
-        patch_strides=[4, 2, 2],
-        patch_paddings=[2, 1, 1],
-        mlp_ratios=4.,
-        qkv_bias=True,
-        proj_methods='dw_bn',
-        kernel_qkv=3,
-        stride_q=1,
-        stride_kv=2,
-        padding_q=1,
-        padding_kv=1)
-    arch_zoo = {
-        '13': dict(embed_dims=[64, 192, 384], num_heads=[1, 3, 6],
-                   depths=[1, 2, 10]),
-        '21': dict(embed_dims=[64, 192, 384], num_heads=[1, 3, 6],
-                   depths=[1, 4, 16]),
-        'w24': dict(embed_dims=[192, 768, 1024], num_heads=[3, 12, 16],
-                    depths=[2, 2, 20]),
-    }
-    _required_arch_keys = ('embed_dims', 'depths', 'num_heads')
+    arch_zoo = ARCH_ZOO
 
     def __init__(self,
                  arch='13',
                  in_channels=3,
                  out_indices=(0, 1, 2),
-                 cls_token=False,
+                 with_cls_token=False,
                  out_norm=True,
                  drop_rate=0.,
                  attn_drop_rate=0.,
@@ -451,54 +843,58 @@ class CvT(BaseModule):
                  norm_eval=False,
                  with_cp=False,
                  attn_impl='sdpa',
-                 init_cfg=None):
+                 compile=False,
+                 pretrained=None,
+                 init_cfg=None,
+                 **deprecated):
+        with_cls_token = self._renamed_arguments(deprecated, with_cls_token)
+        init_cfg = self._pretrained_as_init_cfg(pretrained, init_cfg)
         super().__init__(init_cfg=init_cfg)
-        self.arch = self._parse_arch(arch)
-        self.num_stages = len(self.arch['depths'])
+        self.stage_specs = parse_arch(arch)
+        self.num_stages = len(self.stage_specs)
+        if not _is_int(in_channels) or in_channels < 1:
+            raise ValueError(f'in_channels must be an int >= 1, got '
+                             f'{in_channels!r}')
         self.in_channels = in_channels
         self.out_indices = self._parse_out_indices(out_indices)
-        if not -1 <= frozen_stages < self.num_stages:
-            raise ValueError(f'frozen_stages must be in [-1, '
-                             f'{self.num_stages - 1}], got {frozen_stages}')
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
+        if not _is_int(frozen_stages) or not (-1 <= frozen_stages <
+                                              self.num_stages):
+            raise ValueError(f'frozen_stages must be an int in [-1, '
+                             f'{self.num_stages - 1}], got {frozen_stages!r}')
+        for name, rate in (('drop_rate', drop_rate),
+                           ('attn_drop_rate', attn_drop_rate),
+                           ('drop_path_rate', drop_path_rate)):
+            _check_rate(name, rate)
         if with_cp not in WITH_CP_MODES:
             raise ValueError(f'with_cp must be one of {WITH_CP_MODES}, got '
                              f'{with_cp!r}')
-        self.with_cls_token = cls_token
+        if attn_impl not in ATTN_IMPLS:
+            raise ValueError(f'unknown attn_impl {attn_impl!r}; choose one '
+                             f'of {ATTN_IMPLS}')
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.with_cls_token = with_cls_token
 
-        depths = self.arch['depths']
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        depths = [spec['depth'] for spec in self.stage_specs]
+        rates = iter(torch.linspace(0, drop_path_rate, sum(depths)).tolist())
         self.stages = ModuleList()
-        for i in range(self.num_stages):
-            first_block = sum(depths[:i])
+        for i, spec in enumerate(self.stage_specs):
             self.stages.append(
                 CvTStage(
                     in_channels=in_channels,
-                    embed_dims=self.arch['embed_dims'][i],
-                    depth=depths[i],
-                    patch_size=self.arch['patch_sizes'][i],
-                    patch_stride=self.arch['patch_strides'][i],
-                    patch_padding=self.arch['patch_paddings'][i],
-                    drop_path_rates=rates[first_block:first_block + depths[i]],
-                    with_cls_token=cls_token and i == self.num_stages - 1,
+                    drop_path_rates=list(itertools.islice(
+                        rates, spec['depth'])),
+                    with_cls_token=with_cls_token
+                    and i == self.num_stages - 1,
                     norm_cfg=norm_cfg,
                     drop_rate=drop_rate,
-                    num_heads=self.arch['num_heads'][i],
-                    mlp_ratio=self.arch['mlp_ratios'][i],
-                    act_cfg=act_cfg,
-                    with_cp=with_cp,
-                    qkv_bias=self.arch['qkv_bias'][i],
                     attn_drop_rate=attn_drop_rate,
-                    proj_method=self.arch['proj_methods'][i],
-                    kernel_size=self.arch['kernel_qkv'][i],
-                    stride_q=self.arch['stride_q'][i],
-                    stride_kv=self.arch['stride_kv'][i],
-                    padding_q=self.arch['padding_q'][i],
-                    padding_kv=self.arch['padding_kv'][i],
+                    act_cfg=act_cfg,
                     proj_norm_cfg=proj_norm_cfg,
-                    attn_impl=attn_impl))
-            in_channels = self.arch['embed_dims'][i]
+                    with_cp=with_cp,
+                    attn_impl=attn_impl,
+                    **spec))
+            in_channels = spec['embed_dims']
 
         self.out_norm = out_norm
         if out_norm:
@@ -506,73 +902,59 @@ class CvT(BaseModule):
             for i in self.out_indices:
                 self.add_module(
                     f'norm{i}',
-                    build_norm_layer(norm_cfg, self.arch['embed_dims'][i])[1])
+                    build_norm_layer(norm_cfg,
+                                     self.stage_specs[i]['embed_dims'])[1])
         self.min_input_size = self._min_input_size()
+        self._freeze_stages()
+        if compile:
+            options = dict(dynamic=True)
+            if isinstance(compile, dict):
+                options.update(compile)
+            elif compile is not True:
+                raise TypeError(f'compile must be a bool or a dict of '
+                                f'torch.compile options, got {compile!r}')
+            self.compile(**options)
 
     # ---- construction checks -------------------------------------------
-    @classmethod
-    def _parse_arch(cls, arch):
-        """A complete per-stage arch dict from a preset name or a dict."""
-        if isinstance(arch, str):
-            key = arch.lower().replace('_', '-')
-            key = key[len('cvt'):].lstrip('-') if key.startswith('cvt') else key
-            if key not in cls.arch_zoo:
-                raise ValueError(
-                    f'unknown CvT arch {arch!r}; choose one of '
-                    f'{sorted(cls.arch_zoo)} (or e.g. "cvt-13"), or pass a '
-                    f'dict with {list(cls._required_arch_keys)}')
-            arch = cls.arch_zoo[key]
-        elif not isinstance(arch, dict):
-            raise TypeError(f'arch must be a str or a dict, got {type(arch)}')
+    @staticmethod
+    def _renamed_arguments(deprecated, with_cls_token):
+        """``cls_token``, the old name of ``with_cls_token``: configs
+        written for earlier versions keep working, with a warning."""
+        if 'cls_token' in deprecated:
+            warnings.warn(
+                'CvT: "cls_token" is deprecated, use "with_cls_token"',
+                DeprecationWarning, stacklevel=3)
+            with_cls_token = deprecated.pop('cls_token')
+        if deprecated:
+            raise TypeError(f'CvT got unexpected arguments '
+                            f'{sorted(deprecated)}')
+        return with_cls_token
 
-        missing = [k for k in cls._required_arch_keys if k not in arch]
-        if missing:
-            raise ValueError(f'arch dict lacks {missing}; it needs '
-                             f'{list(cls._required_arch_keys)} as lists')
-        for key in cls._required_arch_keys:
-            if not isinstance(arch[key], (list, tuple)):
-                raise ValueError(f'arch[{key!r}] must be a list, one entry '
-                                 f'per stage, got {arch[key]!r}')
-        unknown = set(arch) - set(cls._required_arch_keys) - set(
-            cls.arch_defaults)
-        if unknown:
-            raise ValueError(f'arch dict has unknown keys {sorted(unknown)}; '
-                             f'known optional keys: {list(cls.arch_defaults)}')
-        num_stages = len(arch['depths'])
-        if num_stages == 0:
-            raise ValueError('arch needs at least one stage')
-        parsed = {key: _per_stage(key, arch[key], num_stages)
-                  for key in cls._required_arch_keys}
-        parsed.update({
-            key: _per_stage(key, arch.get(key, default), num_stages)
-            for key, default in cls.arch_defaults.items()
-        })
-
-        for i, (dims, heads) in enumerate(
-                zip(parsed['embed_dims'], parsed['num_heads'])):
-            if heads < 1 or dims % heads:
-                raise ValueError(f'stage {i}: num_heads={heads} does not '
-                                 f'divide embed_dims={dims}')
-        for i, method in enumerate(parsed['proj_methods']):
-            if method not in PROJ_METHODS:
-                raise ValueError(f'stage {i}: unknown projection method '
-                                 f'{method!r}; choose one of {PROJ_METHODS}')
-            # The residual around the attention needs as many queries as
-            # tokens; only 'dw_bn' convolves q.
-            k, s, p = (parsed['kernel_qkv'][i], parsed['stride_q'][i],
-                       parsed['padding_q'][i])
-            if method == 'dw_bn' and (s != 1 or 2 * p != k - 1):
-                raise ValueError(
-                    f'stage {i}: the q projection (kernel {k}, stride {s}, '
-                    f'padding {p}) changes the map size, which breaks the '
-                    f'residual; use stride_q=1 and padding_q={(k - 1) // 2}')
-        return parsed
+    @staticmethod
+    def _pretrained_as_init_cfg(pretrained, init_cfg):
+        """``pretrained=...``, which MMSegmentation's segmentors pass on as
+        ``model.pretrained``, becomes the ``init_cfg`` it stands for, as in
+        MMDetection's and MMSegmentation's own backbones."""
+        if pretrained is None:
+            return init_cfg
+        if not isinstance(pretrained, str):
+            raise TypeError(f'pretrained must be a checkpoint path or URL, '
+                            f'got {pretrained!r}')
+        if init_cfg is not None:
+            raise ValueError(
+                'CvT got both pretrained and init_cfg; give only '
+                'init_cfg=dict(type="Pretrained", checkpoint=...)')
+        warnings.warn(
+            'CvT: "pretrained" is deprecated, use init_cfg=dict('
+            'type="Pretrained", checkpoint=...)', DeprecationWarning,
+            stacklevel=3)
+        return dict(type='Pretrained', checkpoint=pretrained)
 
     def _parse_out_indices(self, out_indices):
-        if isinstance(out_indices, Integral):
+        if _is_int(out_indices):
             out_indices = [out_indices]
         if not isinstance(out_indices, (list, tuple)) or not all(
-                isinstance(i, Integral) for i in out_indices):
+                _is_int(i) for i in out_indices):
             raise TypeError(f'out_indices must be an int or a sequence of '
                             f'ints, got {out_indices!r}')
         parsed = []
@@ -588,14 +970,12 @@ class CvT(BaseModule):
         """Token-map sizes along one image dimension: for each stage, the
         map size and the size of its subsampled k/v map."""
         sizes = []
-        for i in range(self.num_stages):
-            size = _conv_out_size(size, self.arch['patch_sizes'][i],
-                                  self.arch['patch_strides'][i],
-                                  self.arch['patch_paddings'][i])
-            kv_size = size if self.arch['proj_methods'][
-                i] == 'linear' else _conv_out_size(
-                    size, self.arch['kernel_qkv'][i],
-                    self.arch['stride_kv'][i], self.arch['padding_kv'][i])
+        for spec in self.stage_specs:
+            size = _conv_out_size(size, spec['patch_size'],
+                                  spec['patch_stride'], spec['patch_padding'])
+            kv_size = size if spec['proj_method'] == 'linear' else \
+                _conv_out_size(size, spec['kernel_qkv'], spec['stride_kv'],
+                               spec['padding_kv'])
             sizes.append((size, kv_size))
         return sizes
 
@@ -616,11 +996,37 @@ class CvT(BaseModule):
                              f'{self.in_channels}, but the input has '
                              f'{x.shape[1]} channels (shape '
                              f'{tuple(x.shape)})')
-        if min(x.shape[2:]) < self.min_input_size:
+        # one comparison per side, not min(): torch.compile then learns a
+        # lower bound of each side, which its dynamic-shape code needs to
+        # know that every stage keeps a token
+        if any(side < self.min_input_size for side in x.shape[2:]):
             raise ValueError(
                 f'input of {x.shape[2]}x{x.shape[3]} is too small: a stage '
                 f'would have no tokens left; each side needs at least '
                 f'{self.min_input_size} pixels')
+        self._check_batch_norm_input(x)
+
+    def _check_batch_norm_input(self, x):
+        """A BatchNorm that trains needs more than one value per channel;
+        say so before torch does, in terms of the image."""
+        batch, _, height, width = x.shape
+        for i, ((h, h_kv), (w, w_kv)) in enumerate(
+                zip(self._stage_sizes(height), self._stage_sizes(width))):
+            if batch * h_kv * w_kv > 1 or not self._projection_bn_trains(i):
+                continue
+            raise ValueError(
+                f'a batch of {batch} image(s) of {height}x{width} is too '
+                f'small to train on: stage {i} projects k and v from a '
+                f'{h_kv}x{w_kv} map, and its BatchNorms need more than one '
+                f'value per channel in training mode. Use larger images or '
+                f'batches, or norm_eval=True to keep the BatchNorms in eval '
+                f'mode')
+
+    def _projection_bn_trains(self, stage_index):
+        attn = self.stages[stage_index].blocks[0].attn
+        return any(
+            isinstance(m, _BatchNorm) and m.training
+            for m in attn.conv_proj_kv.modules())
 
     # ---- forward -----------------------------------------------------------
     def forward(self, x):
@@ -630,7 +1036,7 @@ class CvT(BaseModule):
                 least :attr:`min_input_size`.
 
         Returns:
-            tuple[Tensor]: One (B, C_i, H_i, W_i) map per entry of
+            tuple[Tensor]: One contiguous (B, C_i, H_i, W_i) map per entry of
             ``out_indices``; H_i is about H / 4, H / 8, H / 16 for the
             presets.
         """
@@ -638,24 +1044,16 @@ class CvT(BaseModule):
         maps = {}
         for i, stage in enumerate(self.stages):
             tokens, hw_shape, _ = stage(x)
-            x = self._to_map(tokens, hw_shape)
+            x = tokens_to_map(tokens, hw_shape)
             if i in self.out_indices:
                 if self.out_norm:
                     tokens = getattr(self, f'norm{i}')(tokens)
-                maps[i] = self._to_map(tokens, hw_shape)
+                # Contiguous NCHW, not the channels_last view: convs pass
+                # that layout on, mmcv's compiled ops (RoIAlign on the CPU)
+                # misread it, and DDP warns that weight gradients lost
+                # their layout.
+                maps[i] = tokens_to_map(tokens, hw_shape).contiguous()
         return tuple(maps[i] for i in self.out_indices)
-
-    @staticmethod
-    def _to_map(tokens, hw_shape):
-        """(B, H * W, C) tokens -> contiguous (B, C, H, W) map.
-
-        A mere view would be channels_last in memory. Convs pass that layout
-        on: mmcv's compiled ops (RoIAlign on the CPU) then misread their
-        input, and DDP warns that weight gradients lost their layout.
-        """
-        return rearrange(
-            tokens, 'b (h w) c -> b c h w', h=hw_shape[0],
-            w=hw_shape[1]).contiguous()
 
     # ---- training modes ----------------------------------------------------
     def _frozen_modules(self):
@@ -681,15 +1079,29 @@ class CvT(BaseModule):
 
     # ---- weights -----------------------------------------------------------
     def init_weights(self):
-        if self.init_cfg is not None and self.init_cfg.get(
-                'type') == 'Pretrained':
-            load_pretrained(self, self.init_cfg['checkpoint'])
-            self._is_init = True
-            return
-        if self.init_cfg is not None:
-            super().init_weights()
-            return
-        # The official initialisation ('trunc_norm').
+        if self.init_cfg is None:
+            self._init_as_official()
+        else:
+            # mmengine's order: each entry in turn; Pretrained goes through
+            # load_pretrained, which reads every format and loads strictly
+            init_cfgs = self.init_cfg if isinstance(self.init_cfg,
+                                                    list) else [self.init_cfg]
+            for init_cfg in init_cfgs:
+                if not isinstance(init_cfg, dict) or 'type' not in init_cfg:
+                    raise TypeError(
+                        f'CvT init_cfg must be a dict with a "type", or a '
+                        f'list of them, got {init_cfg!r}')
+                if init_cfg['type'] == 'Pretrained':
+                    if 'checkpoint' not in init_cfg:
+                        raise ValueError(
+                            'init_cfg of type Pretrained needs a checkpoint')
+                    load_pretrained(self, init_cfg['checkpoint'])
+                else:
+                    initialize(self, init_cfg)
+        self._is_init = True
+
+    def _init_as_official(self):
+        """The official initialisation ('trunc_norm')."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 trunc_normal_init(module, std=.02, bias=0.)

@@ -13,13 +13,16 @@ Formats, told apart by their keys, never by the file name:
 
 Files (.pth, .bin, .safetensors, a transformers directory, hf:// and URLs)
 are read by mmengine's ``CheckpointLoader`` with the loaders of
-:mod:`mmcvt.engine.checkpoint_loader`.
+:mod:`mmcvt.fileio.checkpoint_loader`, which :func:`read_checkpoint`
+installs.
 """
 import re
 
 import torch
 from mmengine.logging import print_log
 from mmengine.runner import CheckpointLoader
+
+from ...fileio import register_checkpoint_loaders
 
 # official -> mmcvt; the rest of the names are the same in both
 _OFFICIAL_RENAMES = (
@@ -55,10 +58,50 @@ _HF_RENAMES = (
     (re.compile(r'^layernorm\.'), 'norm.'),
     (re.compile(r'^classifier\.'), 'head.'),
 )
+# BatchNorm's state, as a state_dict names it: not parameters
+BN_BUFFERS = ('running_mean', 'running_var', 'num_batches_tracked')
 _HF_STAGE = _HF_RENAMES[0][0]
 _OFFICIAL_STAGE = re.compile(r'^stage(\d+)\.')
 _OUT_NORM = re.compile(r'^norm\d+\.')
 _MAX_NAMED_KEYS = 12
+
+
+# The separate k and v projections of the official code (and of mmcvt
+# before they were fused), each fused into ConvAttention's: the depthwise
+# conv's filters and the BatchNorm's channels interleaved (k's channel c at
+# 2c, v's at 2c + 1), the Linears stacked (k's rows, then v's).
+_KV_INTERLEAVED = ('conv_proj_{}.conv.weight', 'conv_proj_{}.bn.weight',
+                   'conv_proj_{}.bn.bias', 'conv_proj_{}.bn.running_mean',
+                   'conv_proj_{}.bn.running_var')
+_KV_STACKED = ('proj_{}.weight', 'proj_{}.bias')
+_KV_SHARED = ('conv_proj_{}.bn.num_batches_tracked', )  # the same count
+_SEPARATE_KV = re.compile(r'^(.*\.attn\.)(?:conv_)?proj_[kv]\.')
+
+
+def fuse_kv_projection(state_dict, prefix):
+    """Fuses, in place, the separate k and v projections of the attention
+    whose keys start with ``prefix`` into ConvAttention's ``conv_proj_kv``
+    and ``proj_kv``. Keys that are already fused, or a k without its v, are
+    left as they are (a strict load then names them)."""
+    for parts, fuse in ((_KV_INTERLEAVED,
+                         lambda k, v: torch.stack((k, v), 1).flatten(0, 1)),
+                        (_KV_STACKED, lambda k, v: torch.cat((k, v))),
+                        (_KV_SHARED, lambda k, v: k)):
+        for part in parts:
+            k, v = (prefix + part.format(name) for name in 'kv')
+            if k in state_dict and v in state_dict:
+                state_dict[prefix + part.format('kv')] = fuse(
+                    state_dict.pop(k), state_dict.pop(v))
+
+
+def fuse_kv_projections(state_dict):
+    """:func:`fuse_kv_projection` for every attention of a state_dict with
+    mmcvt names. Pure: returns a new dict."""
+    fused = dict(state_dict)
+    for prefix in {m.group(1) for m in map(_SEPARATE_KV.match, state_dict)
+                   if m}:
+        fuse_kv_projection(fused, prefix)
+    return fused
 
 
 def _rename(state_dict, renames):
@@ -76,7 +119,7 @@ def hf_to_official(state_dict):
 
 
 def convert_official(state_dict):
-    """Official CvT keys -> mmcvt keys.
+    """Official CvT keys -> mmcvt keys, k and v fused.
 
     ``norm.*``, the classifier's final norm, becomes ``norm{last}.*``, the
     name of the last stage's output norm; ``head.*`` is kept as it is, for
@@ -86,7 +129,8 @@ def convert_official(state_dict):
     last = max(int(m.group(1))
                for m in map(_OFFICIAL_STAGE.match, state_dict) if m)
     final_norm = (re.compile(r'^norm\.'), f'norm{last}.')
-    return _rename(state_dict, (final_norm, ) + _OFFICIAL_RENAMES)
+    return fuse_kv_projections(
+        _rename(state_dict, (final_norm, ) + _OFFICIAL_RENAMES))
 
 
 def convert_hf(state_dict):
@@ -97,7 +141,8 @@ def convert_hf(state_dict):
 _CONVERTERS = {
     'official': convert_official,
     'hf': convert_hf,
-    'mmcvt': dict,
+    # earlier versions kept k and v apart
+    'mmcvt': fuse_kv_projections,
 }
 
 
@@ -151,6 +196,10 @@ def extract_state_dict(checkpoint):
 
 def read_checkpoint(filename):
     """Loads a checkpoint file or URL on the CPU; errors name the file."""
+    # mmengine's CheckpointLoader knows neither hf:// nor safetensors, and
+    # its local loader fails under torch >= 2.6 on Runner checkpoints:
+    # read through mmcvt's loaders, whatever has been imported before.
+    register_checkpoint_loaders()
     try:
         return CheckpointLoader.load_checkpoint(
             filename, map_location='cpu', logger='current')
@@ -201,11 +250,11 @@ def fit_state_dict(state_dict, model):
         ValueError: On any other difference.
     """
     own = model.state_dict()
-    cls_token = f'stages.{model.num_stages - 1}.cls_token'
+    cls_token_key = f'stages.{model.num_stages - 1}.cls_token'
 
     def droppable(key):
-        return key == cls_token or key.startswith('head.') or _OUT_NORM.match(
-            key)
+        return (key == cls_token_key or key.startswith('head.')
+                or _OUT_NORM.match(key))
 
     unexpected = [k for k in state_dict if k not in own]
     dropped = [k for k in unexpected if droppable(k)]
@@ -226,10 +275,11 @@ def fit_state_dict(state_dict, model):
     ]
     if problems:
         raise ValueError(
-            f'it does not fit this CvT (embed_dims={model.arch["embed_dims"]}'
-            f', depths={model.arch["depths"]}, cls_token='
+            f'it does not fit this CvT (embed_dims='
+            f'{[s["embed_dims"] for s in model.stage_specs]}, depths='
+            f'{[s["depth"] for s in model.stage_specs]}, with_cls_token='
             f'{model.with_cls_token}): ' + '; '.join(problems) +
-            '. Check `arch`, `cls_token` and the checkpoint.')
+            '. Check `arch`, `with_cls_token` and the checkpoint.')
     kept = {k: v for k, v in state_dict.items() if k not in dropped}
     return kept, dropped, fresh
 
