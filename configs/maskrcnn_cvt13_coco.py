@@ -14,6 +14,9 @@ model = dict(
     backbone=dict(_base_.cvt13_backbone, _delete_=True),
     neck=_base_.cvt13_fpn)
 optim_wrapper = dict(_base_.adamw_optim_wrapper, _delete_=True)
+# each checkpoint written whole before older ones are deleted, so that
+# a kill while saving cannot lose them all (mmcvt.engine)
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))
 
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,

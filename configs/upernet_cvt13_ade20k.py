@@ -49,6 +49,10 @@ param_scheduler = [
          by_epoch=False),
 ]
 
+# each checkpoint written whole before older ones are deleted, so that
+# a kill while saving cannot lose them all (mmcvt.engine)
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))
+
 train_dataloader = dict(batch_size=2)
 val_dataloader = dict(batch_size=1)
 test_dataloader = val_dataloader

@@ -1,23 +1,19 @@
 """Mask R-CNN with CvT: the shipped configs, the tools and the demo, on the
 built-in shapes data."""
 import copy
-import os
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
-from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from mmengine.hooks import Hook
 from mmengine.optim import build_optim_wrapper
-from mmengine.registry import DATASETS, HOOKS, MODELS, init_default_scope
+from mmengine.registry import DATASETS, HOOKS, MODELS
 
-from mmcvt.engine import load_from_local_file
+from mmcvt.fileio import load_from_local_file
 from mmcvt.models import CvT
 
-from .utils import REPO, load_tool
+from .utils import (REPO, dist_train, load_repo_config, load_tool,
+                    predictions_png_cells)
 
 make_shapes = load_tool('misc/make_shapes_dataset.py')
 train_tool = load_tool('train.py')
@@ -66,22 +62,16 @@ def shapes_options(root, work_dir, name, **extra):
 
 
 # ---- configs ----------------------------------------------------------------
-def load_config(path):
-    cfg = Config.fromfile(REPO / path)
-    init_default_scope(cfg.default_scope)
-    return cfg
-
-
 @pytest.mark.parametrize('path', COCO_CONFIGS + [DEMO])
 def test_a_config_builds_and_takes_a_finite_training_step(path, shapes):
-    cfg = load_config(path)
+    cfg = load_repo_config(path)
     cfg.model.backbone.init_cfg = None  # no network for hf:// here
     model = MODELS.build(cfg.model)
     model.init_weights()
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     # the demo's pipeline: small images keep one step of any config cheap
     dataset = DATASETS.build(
-        dict(load_config(DEMO).train_dataloader.dataset,
+        dict(load_repo_config(DEMO).train_dataloader.dataset,
              data_root=f'{shapes}/'))
     batch = pseudo_collate([dataset[i] for i in range(2)])
     losses = model.train_step(batch, optim_wrapper)
@@ -90,7 +80,7 @@ def test_a_config_builds_and_takes_a_finite_training_step(path, shapes):
 
 @pytest.mark.parametrize('path', COCO_CONFIGS)
 def test_coco_train_pipelines_run_on_an_image(path, shapes):
-    cfg = load_config(path)
+    cfg = load_repo_config(path)
     dataset = DATASETS.build(
         dict(cfg.train_dataloader.dataset,
              data_root=f'{shapes}/',
@@ -104,7 +94,7 @@ def test_coco_train_pipelines_run_on_an_image(path, shapes):
 
 def test_coco_configs_use_the_papers_backbone_settings():
     settings = {
-        path: load_config(path).model.backbone for path in COCO_CONFIGS
+        path: load_repo_config(path).model.backbone for path in COCO_CONFIGS
     }
     cvt13, cvt21, cvt13_3x, cascade_3x, retinanet = settings.values()
     assert (cvt13.arch, cvt13.drop_path_rate) == ('13', 0.1)
@@ -118,7 +108,7 @@ def test_coco_configs_use_the_papers_backbone_settings():
 
 
 def test_the_fpn_gives_five_levels_from_the_three_cvt_stages():
-    cfg = load_config('configs/maskrcnn_cvt13_coco.py')
+    cfg = load_repo_config('configs/maskrcnn_cvt13_coco.py')
     cfg.model.backbone.init_cfg = None
     model = MODELS.build(cfg.model).eval()
     with torch.no_grad():
@@ -128,7 +118,7 @@ def test_the_fpn_gives_five_levels_from_the_three_cvt_stages():
 
 
 def test_no_weight_decay_on_norms_biases_and_depthwise_convs():
-    cfg = load_config('configs/maskrcnn_cvt13_coco.py')
+    cfg = load_repo_config('configs/maskrcnn_cvt13_coco.py')
     cfg.model.backbone.init_cfg = None
     model = MODELS.build(cfg.model)
     optimizer = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
@@ -137,13 +127,13 @@ def test_no_weight_decay_on_norms_biases_and_depthwise_convs():
     block = model.backbone.stages[1].blocks[0]
     assert decay[id(block.norm1.weight)] == 0
     assert decay[id(block.attn.proj_q.bias)] == 0
-    assert decay[id(block.attn.conv_proj_k.conv.weight)] == 0
+    assert decay[id(block.attn.conv_proj_kv.conv.weight)] == 0
     assert decay[id(block.attn.proj_q.weight)] == 0.05
     assert optimizer.defaults['lr'] == 1e-4
 
 
 def test_ms_3x_config_trains_36_epochs_at_several_scales():
-    cfg = load_config('configs/maskrcnn_cvt13_ms-3x_coco.py')
+    cfg = load_repo_config('configs/maskrcnn_cvt13_ms-3x_coco.py')
     assert cfg.train_cfg.max_epochs == 36
     assert cfg.param_scheduler[1].milestones == [27, 33]
     choice = cfg.train_dataloader.dataset.pipeline[3]
@@ -156,6 +146,20 @@ def test_missing_coco_data_is_an_error_naming_the_path(tmp_path,
     with pytest.raises(FileNotFoundError,
                        match='data/coco/annotations/instances_train2017.json'):
         train_tool.main([str(REPO / 'configs/maskrcnn_cvt13_coco.py')])
+
+
+def test_a_missing_evaluator_annotation_file_is_an_error_naming_its_option(
+        shapes, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no data/shapes here
+    # the datasets found, but CocoMetric reads an annotation file of its own
+    options = ['--cfg-options'] + [
+        f'{split}_dataloader.dataset.data_root={shapes}/'
+        for split in ('train', 'val')
+    ]
+    with pytest.raises(FileNotFoundError,
+                       match=r'annotations/instances_val.json does not exist'
+                       r'.*--cfg-options val_evaluator.ann_file='):
+        train_tool.main([str(REPO / DEMO)] + options)
 
 
 # ---- the demo, end to end ---------------------------------------------------
@@ -180,14 +184,42 @@ def test_tools_test_reports_bbox_and_segm_map(demo_run, shapes):
         assert 0 <= metrics[key] <= 1
 
 
-def test_show_predictions_writes_one_png(demo_run, shapes, tmp_path):
-    out = tmp_path / 'predictions.png'
+def draw_predictions(checkpoint, shapes, out, *options):
     show_predictions.main([
-        str(REPO / DEMO), str(demo_run / 'epoch_1.pth'), '--out', str(out),
-        '--num', '3', '--cfg-options',
-        f'test_dataloader.dataset.data_root={shapes}/'
+        str(REPO / DEMO), str(checkpoint), '--out', str(out), *options,
+        '--cfg-options', f'test_dataloader.dataset.data_root={shapes}/'
     ])
-    assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def shapes_test_images(shapes):
+    dataset = DATASETS.build(
+        dict(load_repo_config(DEMO).test_dataloader.dataset,
+             data_root=f'{shapes}/'))
+    return [dataset.get_data_info(i)['img_path'] for i in range(len(dataset))]
+
+
+def test_show_predictions_draws_each_test_image_with_its_boxes(
+        demo_run, shapes, tmp_path):
+    out = tmp_path / 'predictions.png'
+    # more than the 8 test images: all of them
+    draw_predictions(demo_run / 'epoch_1.pth', shapes, out, '--num', '20',
+                     '--columns', '3')
+    for image, truth, predictions in predictions_png_cells(
+            out, shapes_test_images(shapes), columns=3):
+        assert (truth != image).any()
+        assert (predictions != image).any()
+
+
+def test_show_predictions_leaves_out_boxes_scored_below_the_threshold(
+        demo_run, shapes, tmp_path, capsys):
+    out = tmp_path / 'predictions.png'
+    draw_predictions(demo_run / 'epoch_1.pth', shapes, out, '--num', '1',
+                     '--pred-score-thr', '1')  # no score is above 1
+    (image, truth, predictions), = predictions_png_cells(
+        out, shapes_test_images(shapes)[:1], columns=2)
+    assert (truth != image).any()
+    assert (predictions == image).all()
+    assert '(scores above 1.0)' in capsys.readouterr().out
 
 
 def test_a_detector_checkpoint_loads_into_the_backbone(demo_run):
@@ -199,6 +231,34 @@ def test_a_detector_checkpoint_loads_into_the_backbone(demo_run):
     torch.testing.assert_close(
         backbone.stages[2].blocks[9].ffn.layers[1].weight,
         saved['backbone.stages.2.blocks.9.ffn.layers.1.weight'])
+
+
+# ---- a checkpoint of another model ------------------------------------------
+def run_test_tool(checkpoint, shapes, work_dir):
+    return test_tool.main([str(REPO / DEMO), str(checkpoint)] +
+                          shapes_options(shapes, work_dir, 'foreign'))
+
+
+def run_show_predictions(checkpoint, shapes, work_dir):
+    return show_predictions.main([
+        str(REPO / DEMO), str(checkpoint), '--out',
+        str(work_dir / 'predictions.png'), '--cfg-options',
+        f'test_dataloader.dataset.data_root={shapes}/'
+    ])
+
+
+@pytest.mark.parametrize('run_tool', [run_test_tool, run_show_predictions])
+def test_a_checkpoint_of_another_model_stops_the_tool_naming_the_keys(
+        run_tool, shapes, tmp_path):
+    checkpoint = tmp_path / 'resnet.pth'
+    torch.save({'state_dict': {'conv1.weight': torch.zeros(64, 3, 7, 7)}},
+               checkpoint)
+    with pytest.raises(RuntimeError) as error:
+        run_tool(checkpoint, shapes, tmp_path)
+    message = str(error.value)
+    assert f'checkpoint {checkpoint} does not fit the model' in message
+    assert 'unexpected key in source state_dict: conv1.weight' in message
+    assert 'missing keys in source state_dict: backbone.stages.0.' in message
 
 
 # ---- resuming an interrupted run --------------------------------------------
@@ -262,30 +322,26 @@ def test_resume_continues_an_interrupted_run_from_its_last_checkpoint(
     assert resumed_state.keys() == saved['optimizer']['state'].keys()
     for key, state in saved['optimizer']['state'].items():
         assert state['step'] == 4
+        # saved on the CPU, resumed on the training device
         torch.testing.assert_close(resumed_state[key]['exp_avg_sq'],
-                                   state['exp_avg_sq'])
+                                   state['exp_avg_sq'], check_device=False)
     assert load_from_local_file(
         str(tmp_path / 'epoch_2.pth'))['meta']['iter'] == 8
 
 
 # ---- distributed ------------------------------------------------------------
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return str(s.getsockname()[1])
-
-
-def test_dist_train_sh_trains_two_cpu_processes_over_gloo(shapes, tmp_path):
-    env = dict(os.environ, PYTHON=sys.executable, PORT=free_port(),
-               OMP_NUM_THREADS='1')
-    result = subprocess.run(
-        ['bash', str(REPO / 'tools/dist_train.sh'), str(REPO / DEMO), '2'] +
-        shapes_options(shapes, tmp_path, 'dist',
-                       **{'train_dataloader.batch_size': '2',
-                          'train_cfg.val_interval': '2'}),
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-3000:]
+def test_dist_train_sh_trains_two_cpu_processes_over_gloo_with_a_frozen_stage(
+        shapes, tmp_path):
+    returncode, log = dist_train(
+        REPO / DEMO, 2, *shapes_options(
+            shapes, tmp_path, 'dist', **{
+                'train_dataloader.batch_size': '2',
+                'train_cfg.val_interval': '2',
+                # DDP fails at the second iteration on parameters that
+                # become frozen after it has wrapped the model
+                'model.backbone.frozen_stages': '0',
+            }))
+    assert returncode == 0, log[-3000:]
     assert 'backend nccl -> gloo' in log
     assert 'Distributed training: True' in log
     assert 'GPU number: 2' in log  # mmengine's name for the world size

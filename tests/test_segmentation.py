@@ -2,13 +2,13 @@
 version of the built-in shapes data."""
 import pytest
 import torch
-from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from mmengine.model import revert_sync_batchnorm
 from mmengine.optim import build_optim_wrapper
-from mmengine.registry import DATASETS, MODELS, init_default_scope
+from mmengine.registry import DATASETS, MODELS
 
-from .utils import REPO, load_tool
+from .utils import (REPO, dist_train, load_repo_config, load_tool,
+                    predictions_png_cells)
 
 make_shapes = load_tool('misc/make_shapes_dataset.py')
 train_tool = load_tool('train.py')
@@ -29,20 +29,14 @@ def shapes(tmp_path_factory):
     return root
 
 
-def load_config(path):
-    cfg = Config.fromfile(REPO / path)
-    init_default_scope(cfg.default_scope)
-    return cfg
-
-
 def demo_dataset(root, split='train'):
-    loader = load_config(DEMO)[f'{split}_dataloader']
+    loader = load_repo_config(DEMO)[f'{split}_dataloader']
     return DATASETS.build(dict(loader.dataset, data_root=f'{root}/'))
 
 
 @pytest.mark.parametrize('path', ADE_CONFIGS + [DEMO])
 def test_a_config_builds_and_takes_a_finite_training_step(path, shapes):
-    cfg = load_config(path)
+    cfg = load_repo_config(path)
     cfg.model.backbone.init_cfg = None  # no network for hf:// here
     # pad the 128x128 images to 128, not the ADE20K crop of 512: one step
     # of the config's model on a tiny batch
@@ -58,7 +52,7 @@ def test_a_config_builds_and_takes_a_finite_training_step(path, shapes):
 
 
 def test_ade_configs_follow_the_recipe():
-    cvt13, cvt21 = (load_config(path) for path in ADE_CONFIGS)
+    cvt13, cvt21 = (load_repo_config(path) for path in ADE_CONFIGS)
     for cfg in (cvt13, cvt21):
         assert cfg.model.decode_head.in_channels == [64, 192, 384]
         assert cfg.model.decode_head.in_index == [0, 1, 2]
@@ -80,7 +74,7 @@ def test_ade_configs_follow_the_recipe():
 
 
 def test_no_weight_decay_on_norms_biases_and_depthwise_convs():
-    cfg = load_config(ADE_CONFIGS[0])
+    cfg = load_repo_config(ADE_CONFIGS[0])
     cfg.model.backbone.init_cfg = None
     model = MODELS.build(cfg.model)
     optimizer = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
@@ -89,12 +83,12 @@ def test_no_weight_decay_on_norms_biases_and_depthwise_convs():
     block = model.backbone.stages[2].blocks[0]
     assert decay[id(block.norm2.weight)] == 0
     assert decay[id(block.ffn.layers[1].bias)] == 0
-    assert decay[id(block.attn.conv_proj_v.conv.weight)] == 0
+    assert decay[id(block.attn.conv_proj_kv.conv.weight)] == 0
     assert decay[id(block.ffn.layers[1].weight)] == 0.01
 
 
 def test_whole_image_inference_takes_a_size_not_divisible_by_32():
-    cfg = load_config(DEMO)
+    cfg = load_repo_config(DEMO)
     model = MODELS.build(cfg.model).eval()
     image = torch.randint(0, 256, (3, 97, 131), dtype=torch.uint8)
     from mmseg.structures import SegDataSample
@@ -114,7 +108,7 @@ def test_the_shapes_semseg_labels_are_background_and_one_class_per_shape(
 
 
 # ---- the demo, end to end ---------------------------------------------------
-def shapes_options(root, work_dir, name):
+def shapes_options(root, work_dir, name, **extra):
     """--cfg-options that point the demo config at `root` for 4 iterations."""
     options = {
         'train_dataloader.dataset.data_root': f'{root}/',
@@ -126,6 +120,7 @@ def shapes_options(root, work_dir, name):
         'default_hooks.checkpoint.interval': '4',
         'experiment_name': name,
     }
+    options.update(extra)
     return ['--work-dir', str(work_dir), '--cfg-options'] + [
         f'{k}={v}' for k, v in options.items()
     ]
@@ -154,7 +149,34 @@ def test_show_predictions_draws_segmentation_overlays(demo_run, shapes,
         '--num', '2', '--cfg-options',
         f'test_dataloader.dataset.data_root={shapes}/'
     ])
-    assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    dataset = demo_dataset(shapes, 'val')
+    images = [dataset.get_data_info(i)['img_path'] for i in range(2)]
+    for image, truth, predictions in predictions_png_cells(
+            out, images, columns=2):
+        assert (truth != image).any()
+        assert (predictions != image).any()
+
+
+def test_dist_train_sh_trains_syncbn_heads_in_two_cpu_processes(
+        shapes, tmp_path):
+    # the heads of the ADE20K configs, which SyncBatchNorm fails on the CPU
+    returncode, log = dist_train(
+        REPO / DEMO, 2, *shapes_options(
+            shapes, tmp_path, 'dist-seg', **{
+                'model.decode_head.norm_cfg.type': 'SyncBN',
+                'model.auxiliary_head.norm_cfg.type': 'SyncBN',
+                'train_dataloader.batch_size': '2',
+                'train_cfg.max_iters': '2',
+                'train_cfg.val_interval': '2',
+                'default_hooks.checkpoint.interval': '2',
+                'default_hooks.logger.interval': '1',
+            }))
+    assert returncode == 0, log[-3000:]
+    assert 'GPU number: 2' in log  # mmengine's name for the world size
+    assert ('SyncBatchNorm runs on GPUs only, so its 11 layers '
+            '(decode_head.psp_modules.0.1.bn, ') in log
+    assert 'Iter(train) [2/2]' in log
+    assert (tmp_path / 'iter_2.pth').is_file()
 
 
 def test_test_tta_runs_the_multi_scale_flip_pipeline():

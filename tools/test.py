@@ -7,7 +7,7 @@ which of the two libraries runs.
 """
 import argparse
 
-import mmcvt  # noqa: F401  registers CvT and the checkpoint loaders
+import mmcvt  # noqa: F401  registers CvT, the hook and the loaders
 from mmcvt.engine import (add_runner_arguments, build_runner,
                           check_data_paths, cpu_distributed, load_config)
 
@@ -15,7 +15,10 @@ from mmcvt.engine import (add_runner_arguments, build_runner,
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('config', help='test config file path')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument(
+        'checkpoint',
+        help='checkpoint file, loaded strictly: one that does not fit the '
+        "config's model is an error naming the keys that differ")
     parser.add_argument(
         '--out', help='dump the predictions to this pickle file')
     parser.add_argument(
@@ -63,7 +66,7 @@ def build_config(args):
 
 def main(argv=None):
     cfg = build_config(parse_args(argv))
-    check_data_paths(cfg, ('test_dataloader', ))
+    check_data_paths(cfg, ('test', ))
     with cpu_distributed(cfg):
         return build_runner(cfg).test()
 

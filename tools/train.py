@@ -8,7 +8,7 @@ which of the two libraries runs.
 """
 import argparse
 
-import mmcvt  # noqa: F401  registers CvT and the checkpoint loaders
+import mmcvt  # noqa: F401  registers CvT, the hook and the loaders
 from mmcvt.engine import (add_runner_arguments, build_runner,
                           check_data_paths, cpu_distributed, load_config,
                           use_amp)
@@ -27,7 +27,8 @@ def parse_args(argv=None):
     parser.add_argument(
         '--resume', nargs='?', type=str, const='auto',
         help='resume from this checkpoint; without a path, from the latest '
-        'checkpoint in the work dir')
+        'checkpoint in the work dir, or from the newest complete one before '
+        'it if that one is cut short')
     add_runner_arguments(parser)
     return parser.parse_args(argv)
 
@@ -52,7 +53,7 @@ def build_config(args):
 
 def main(argv=None):
     cfg = build_config(parse_args(argv))
-    check_data_paths(cfg, ('train_dataloader', 'val_dataloader'))
+    check_data_paths(cfg, ('train', 'val'))
     with cpu_distributed(cfg):
         build_runner(cfg).train()
 

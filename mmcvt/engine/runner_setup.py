@@ -1,6 +1,7 @@
 """What tools/train.py and tools/test.py share: their common arguments,
 the config they load, checks on it, and the Runner they build from it, in
 MMDetection's and MMSegmentation's way."""
+import logging
 import os
 import os.path as osp
 from contextlib import contextmanager
@@ -8,8 +9,10 @@ from contextlib import contextmanager
 import torch
 from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
+from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
+from mmengine.registry import MODEL_WRAPPERS, RUNNERS
+
+from .runner import StrictCheckpointRunner
 
 
 def add_runner_arguments(parser):
@@ -49,7 +52,9 @@ def use_amp(cfg):
 
 
 def build_runner(cfg):
-    return (Runner.from_cfg(cfg)
+    """A :class:`StrictCheckpointRunner`, or the config's own
+    ``runner_type``."""
+    return (StrictCheckpointRunner.from_cfg(cfg)
             if 'runner_type' not in cfg else RUNNERS.build(cfg))
 
 
@@ -72,32 +77,57 @@ def _local_paths(dataset):
             yield osp.join(data_root, prefix)
 
 
-def check_data_paths(cfg, keys=('train_dataloader', 'val_dataloader',
-                                'test_dataloader')):
-    """Fails early, naming the path, when a dataloader's data are absent.
+def _evaluator_paths(evaluator):
+    """Annotation files of an evaluator or a list of them (CocoMetric
+    reads its own, not the dataset's), with the option that sets each."""
+    evaluators = evaluator if isinstance(evaluator, list) else [evaluator]
+    for i, metric in enumerate(evaluators):
+        if metric and metric.get('ann_file'):
+            key = f'{i}.ann_file' if isinstance(evaluator, list) else 'ann_file'
+            yield key, metric.ann_file
+
+
+def check_data_paths(cfg, splits=('train', 'val', 'test')):
+    """Fails early, naming the path, when the data of a split are absent:
+    what its dataloader reads, and the annotation file of its evaluator.
 
     mmdet and mmseg would fail too, but later: on the first image, or after
     an epoch of training when the evaluator opens its annotation file.
     Remote paths (``s3://`` and the like) are not checked.
 
+    Args:
+        splits: Of 'train', 'val' and 'test': those whose
+            ``{split}_dataloader`` and ``{split}_evaluator`` to check.
+
     Raises:
         FileNotFoundError: Naming the missing path and how to point the
             config elsewhere.
     """
-    for key in keys:
+    config = cfg.filename or 'the config'
+    for split in splits:
+        key = f'{split}_dataloader'
         loader = cfg.get(key)
         if not loader:
             continue
         for dataset in _dataset_cfgs(loader.get('dataset')):
             for path in _local_paths(dataset):
-                if '://' not in path and not osp.exists(path):
-                    raise FileNotFoundError(
-                        f'{path} does not exist: {key} of '
-                        f'{cfg.filename or "the config"} reads '
-                        f'{dataset.get("type")} data from data_root='
-                        f'{dataset.get("data_root")!r}. Put the data there '
-                        f'(see README.md), or point the config at it with '
-                        f'--cfg-options {key}.dataset.data_root=...')
+                _check_exists(
+                    path, f'{key} of {config} reads {dataset.get("type")} '
+                    f'data from data_root={dataset.get("data_root")!r}',
+                    f'{key}.dataset.data_root')
+        key = f'{split}_evaluator'
+        for option, path in _evaluator_paths(cfg.get(key)):
+            _check_exists(path,
+                          f'{key} of {config} reads its annotations there',
+                          f'{key}.{option}')
+
+
+def _check_exists(path, reader, option):
+    if '://' not in path and not osp.exists(path):
+        raise FileNotFoundError(
+            f'{path} does not exist: {reader}. Put the data there (see '
+            f'README.md), or point the config at it with --cfg-options '
+            f'{option}=...')
 
 
 @contextmanager
@@ -109,9 +139,10 @@ def cpu_distributed(cfg):
     ``device_ids=[LOCAL_RANK]``, both of which fail on the CPU; and the
     runtimes of MMDetection and MMSegmentation name NCCL, which needs CUDA.
     Without CUDA this joins the process group itself over gloo (the Runner
-    then skips ``init_dist``), wraps the model in DDP without device ids,
-    and leaves the group on exit: gloo aborts a process that exits while
-    still in one. Elsewhere it does nothing.
+    then skips ``init_dist``), wraps the model in
+    :class:`CPUDistributedDataParallel` (DDP without device ids, SyncBN
+    made BN), and leaves the group on exit: gloo aborts a process that exits
+    while still in one. Elsewhere it does nothing.
     """
     if torch.cuda.is_available() or cfg.get('launcher', 'none') == 'none':
         yield
@@ -127,7 +158,7 @@ def cpu_distributed(cfg):
         dist_cfg['backend'] = 'gloo'
     if cfg.get('model_wrapper_cfg') is None:
         cfg.model_wrapper_cfg = dict(
-            type='MMDistributedDataParallel',
+            type='CPUDistributedDataParallel',
             device_ids=None,
             broadcast_buffers=False,
             find_unused_parameters=cfg.get('find_unused_parameters', False))
@@ -136,3 +167,30 @@ def cpu_distributed(cfg):
         yield
     finally:
         torch.distributed.destroy_process_group()
+
+
+@MODEL_WRAPPERS.register_module()
+class CPUDistributedDataParallel(MMDistributedDataParallel):
+    """:class:`MMDistributedDataParallel` for processes on the CPU, whose
+    SyncBatchNorm layers it first turns into BatchNorm.
+
+    torch's SyncBatchNorm runs on GPUs only, and the ADE20K configs put it in
+    their heads, as MMSegmentation's do. A single process gets the same
+    change from mmengine's Runner; here each process normalises over its own
+    batch, so with small batches the statistics are noisier than on GPUs,
+    and the log says so.
+    """
+
+    def __init__(self, module, **kwargs):
+        types = {name: type(layer) for name, layer in module.named_modules()}
+        module = revert_sync_batchnorm(module)  # torch's and mmcv's
+        reverted = [name for name, layer in module.named_modules()
+                    if type(layer) is not types[name]]
+        if reverted:
+            print_log(
+                f'no CUDA device: SyncBatchNorm runs on GPUs only, so its '
+                f'{len(reverted)} layers ({", ".join(reverted[:3])}'
+                f'{", ..." if len(reverted) > 3 else ""}) are BatchNorm '
+                f'here, normalising over each process\'s own batch',
+                logger='current', level=logging.WARNING)
+        super().__init__(module=module, **kwargs)

@@ -5,6 +5,7 @@ the ground truth beside each, through the config's own visualizer
     python tools/misc/show_predictions.py CONFIG CHECKPOINT --out pred.png
 """
 import argparse
+import inspect
 import math
 import os.path as osp
 import tempfile
@@ -18,15 +19,23 @@ from mmengine.registry import DATASETS, MODELS, VISUALIZERS, init_default_scope
 from mmengine.runner import load_checkpoint
 
 import mmcvt  # noqa: F401  registers CvT and the checkpoint loaders
+from mmcvt.engine import explain_checkpoint_mismatch
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('config')
-    parser.add_argument('checkpoint')
+    parser.add_argument(
+        'checkpoint',
+        help='loaded strictly: one that does not fit the config\'s model is '
+        'an error naming the keys that differ')
     parser.add_argument('--out', required=True, help='PNG file to write')
     parser.add_argument('--num', type=int, default=8,
-                        help='how many test images to draw')
+                        help='how many test images to draw (at most all)')
+    parser.add_argument(
+        '--pred-score-thr', type=float, default=0.3,
+        help='detection: draw the predicted boxes and masks whose score is '
+        'above this, as MMDetection\'s visualizer does (default 0.3)')
     parser.add_argument('--columns', type=int, default=2,
                         help='image pairs per row of the grid')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
@@ -46,14 +55,17 @@ def tile(images, columns):
 
 
 def predict(cfg, checkpoint, num):
-    """The first ``num`` test samples with their predictions."""
+    """The first ``num`` test samples, or all if there are fewer, with their
+    predictions."""
     dataset = DATASETS.build(cfg.test_dataloader.dataset)
     model = MODELS.build(cfg.model)
-    load_checkpoint(model, checkpoint, map_location='cpu')
+    with explain_checkpoint_mismatch(checkpoint):
+        load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
     model.eval()
+    num = min(num, len(dataset))
     samples = []
     with torch.no_grad():
-        for start in range(0, min(num, len(dataset)), 4):
+        for start in range(0, num, 4):
             batch = pseudo_collate(
                 [dataset[i] for i in range(start, min(start + 4, num))])
             samples += model.test_step(batch)
@@ -71,6 +83,10 @@ def main(argv=None):
     visualizer = VISUALIZERS.build(
         dict(cfg.visualizer, name='show_predictions', vis_backends=None))
     visualizer.dataset_meta = metainfo
+    # MMSegmentation's visualizer draws every pixel's class: no scores
+    thresholded = 'pred_score_thr' in inspect.signature(
+        visualizer.add_datasample).parameters
+    options = dict(pred_score_thr=args.pred_score_thr) if thresholded else {}
     drawn = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, sample in enumerate(samples):
@@ -80,10 +96,14 @@ def main(argv=None):
             out_file = osp.join(tmp, f'{i}.png')
             visualizer.add_datasample(
                 osp.basename(sample.img_path), image, sample, draw_gt=True,
-                draw_pred=True, show=False, out_file=out_file)
+                draw_pred=True, show=False, out_file=out_file, **options)
             drawn.append(mmcv.imread(out_file))
     mmcv.imwrite(tile(drawn, args.columns), args.out)
-    print(f'{len(drawn)} test images with predictions -> {args.out}')
+    print(f'{len(drawn)} test images'
+          + (' (all the test set has)' if len(drawn) < args.num else '')
+          + ', ground truth left, predictions right'
+          + (f' (scores above {args.pred_score_thr})' if thresholded else '')
+          + f' -> {args.out}')
 
 
 if __name__ == '__main__':

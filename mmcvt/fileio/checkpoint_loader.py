@@ -1,7 +1,10 @@
 """Checkpoint loading schemes for mmengine's ``CheckpointLoader``.
 
-``import mmcvt`` installs three, so that every ``init_cfg``, ``load_from``
-and ``--resume`` in the process reads checkpoints the same way:
+:func:`register_checkpoint_loaders` installs three, so that every
+``init_cfg``, ``load_from`` and ``--resume`` in the process reads checkpoints
+the same way. ``import mmcvt`` calls it, for the Runner's ``load_from`` and
+``--resume``; the CvT backbone's own checkpoint reading calls it too, rather
+than rely on that import having happened:
 
 - local files (``''``), replacing mmengine's. mmengine 0.10.x reads them with
   a bare ``torch.load``, which from torch 2.6 on means ``weights_only=True``;
@@ -21,6 +24,7 @@ import os.path as osp
 import pickle
 import re
 import struct
+import zipfile
 from urllib.parse import urlparse
 
 import torch
@@ -52,6 +56,36 @@ def _is_safetensors(filename):
         return False
     header_length = struct.unpack('<Q', head[:8])[0]
     return head[8:9] == b'{' and header_length <= osp.getsize(filename) - 8
+
+
+def checkpoint_file_problem(filename):
+    """What makes a local file unreadable as a checkpoint, told from a look
+    at its bytes, or None when it looks whole.
+
+    torch's own errors for these files say nothing of the file: "EOFError"
+    for an empty one, "KeyError: 101" for a text file, a zip error for one
+    whose writing was cut short. A torch checkpoint is a zip archive whose
+    index (the central directory) is written last, so a truncated one has
+    none; older torch files are pickles, which cannot be checked without
+    reading them.
+    """
+    size = osp.getsize(filename)
+    if size == 0:
+        return 'the file is empty (0 bytes)'
+    with open(filename, 'rb') as f:
+        head = f.read(4)
+    if head == b'PK\x03\x04':
+        try:
+            zipfile.ZipFile(filename).close()
+        except zipfile.BadZipFile:
+            return (f'it is a torch checkpoint cut short: a zip archive of '
+                    f'{size} bytes without the index that is written last, '
+                    f'as when a save is killed or the disk fills up')
+        return None
+    if head[:1] == b'\x80' or _is_safetensors(filename):
+        return None  # a pickle (older torch files) or safetensors
+    return (f'it is neither a torch checkpoint (a zip archive or a pickle) '
+            f'nor safetensors: it starts with {head!r}')
 
 
 def _weights_file_in(directory):
@@ -102,6 +136,9 @@ def load_from_local_file(filename, map_location=None):
         filename = _weights_file_in(filename)
     if not osp.isfile(filename):
         raise FileNotFoundError(f'{filename} can not be found.')
+    problem = checkpoint_file_problem(filename)
+    if problem:
+        raise ValueError(f'{filename} is not a readable checkpoint: {problem}')
     if _is_safetensors(filename):
         from safetensors.torch import load_file
         device = map_location if isinstance(map_location, str) else 'cpu'
@@ -178,7 +215,8 @@ def load_from_url(url, map_location=None):
 
 
 def register_checkpoint_loaders():
-    """Installs mmcvt's loaders in mmengine's ``CheckpointLoader``."""
+    """Installs mmcvt's loaders in mmengine's ``CheckpointLoader``; calling
+    it again changes nothing."""
     CheckpointLoader.register_scheme(
         prefixes='', loader=load_from_local_file, force=True)
     CheckpointLoader.register_scheme(

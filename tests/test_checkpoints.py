@@ -1,0 +1,308 @@
+"""Checkpoints of the tools' Runner: read under torch >= 2.6, saved so that
+a save cut short cannot lose them all, resumed from the newest complete
+one, loaded strictly; and files that are no checkpoint, named as such."""
+import copy
+import json
+import pickle
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from mmengine.config import Config
+from mmengine.fileio import LocalBackend
+from mmengine.hooks import Hook
+from mmengine.model import BaseModel
+from mmengine.registry import DATASETS, HOOKS, MODELS
+from mmengine.runner.checkpoint import load_from_local
+from torch.utils.data import Dataset
+
+from mmcvt.engine import build_runner
+from mmcvt.fileio import checkpoint_file_problem, load_from_local_file
+
+from .utils import HF_ARCH, load_repo_config, load_tool
+
+cvt2mmcvt = load_tool('model_converters/cvt2mmcvt.py')
+
+
+# ---- a Runner that trains in a blink ----------------------------------------
+@MODELS.register_module(force=True)
+class LinearModel(BaseModel):
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(2, 1)
+
+    def forward(self, x, y, mode='tensor'):
+        out = self.linear(x).squeeze(-1)
+        if mode == 'loss':
+            return {'loss': ((out - y)**2).mean()}
+        return out
+
+
+@DATASETS.register_module(force=True)
+class LineDataset(Dataset):
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return dict(x=torch.tensor([float(i), 1.]), y=torch.tensor(2. * i))
+
+
+@HOOKS.register_module(force=True)
+class RecordingHook(Hook):
+    """Records the iterations run, and the optimizer and scheduler states
+    at the start of training."""
+
+    def __init__(self):
+        self.iters = []
+        self.optimizer_state = self.scheduler_states = None
+
+    def before_train(self, runner):
+        # copies: the states are updated in place while training
+        self.optimizer_state = copy.deepcopy(runner.optim_wrapper.state_dict())
+        self.scheduler_states = copy.deepcopy(
+            [s.state_dict() for s in runner.param_schedulers])
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        self.iters.append(runner.iter)
+
+
+def build_linear_runner(work_dir, max_iters, resume=False, load_from=None,
+                        checkpoint_hook=None):
+    """The tools' Runner (mmcvt.engine.build_runner) of a linear model that
+    saves a checkpoint every 2 iterations."""
+    return build_runner(Config(dict(
+        # unique, or two runners made in one second share their logger
+        experiment_name=f'{work_dir.name}-{max_iters}-{resume}-{load_from}',
+        model=dict(type='LinearModel'),
+        work_dir=str(work_dir),
+        train_dataloader=dict(
+            dataset=dict(type='LineDataset'),
+            sampler=dict(type='InfiniteSampler', shuffle=False),
+            batch_size=2,
+            collate_fn=dict(type='default_collate')),
+        train_cfg=dict(by_epoch=False, max_iters=max_iters),
+        optim_wrapper=dict(optimizer=dict(type='AdamW', lr=0.01)),
+        param_scheduler=dict(type='MultiStepLR', milestones=[3],
+                             by_epoch=False),
+        default_hooks=dict(checkpoint=dict(
+            checkpoint_hook or dict(type='CheckpointHook'), interval=2,
+            by_epoch=False)),
+        custom_hooks=[dict(type='RecordingHook')],
+        resume=resume,
+        load_from=None if load_from is None else str(load_from))))
+
+
+def recorder(runner):
+    return next(h for h in runner.hooks if isinstance(h, RecordingHook))
+
+
+@pytest.fixture(scope='module')
+def trained_work_dir(tmp_path_factory):
+    work_dir = tmp_path_factory.mktemp('trained')
+    build_linear_runner(work_dir, max_iters=4).train()
+    return work_dir
+
+
+@pytest.fixture
+def work_dir(trained_work_dir, tmp_path):
+    """A work_dir holding iter_2.pth and iter_4.pth, the latest, for this
+    test alone."""
+    work_dir = shutil.copytree(trained_work_dir, tmp_path / 'work_dir')
+    # the copy's own, not the original's
+    (work_dir / 'last_checkpoint').write_text(str(work_dir / 'iter_4.pth'))
+    return work_dir
+
+
+# ---- reading Runner checkpoints under torch >= 2.6 --------------------------
+def test_stock_mmengine_cannot_read_runner_checkpoints_under_torch_2_6(
+        work_dir):
+    # why mmcvt replaces the local loader; if this starts passing, mmengine
+    # or torch changed and the replacement may be dropped
+    with pytest.raises(pickle.UnpicklingError, match='HistoryBuffer'):
+        load_from_local(str(work_dir / 'iter_4.pth'), 'cpu')
+
+
+def test_resume_continues_from_the_last_checkpoint(work_dir):
+    runner = build_linear_runner(work_dir, max_iters=6, resume=True)
+    runner.train()
+    assert recorder(runner).iters == [4, 5]
+
+
+def test_resume_restores_the_optimizer_and_scheduler_state(work_dir):
+    saved = load_from_local_file(str(work_dir / 'iter_4.pth'))
+    runner = build_linear_runner(work_dir, max_iters=6, resume=True)
+    runner.train()
+    resumed = recorder(runner).optimizer_state['state'][0]
+    assert resumed['step'] == saved['optimizer']['state'][0]['step'] == 4
+    # saved on the CPU, resumed on the training device
+    torch.testing.assert_close(resumed['exp_avg'],
+                               saved['optimizer']['state'][0]['exp_avg'],
+                               check_device=False)
+    assert recorder(runner).scheduler_states == saved['param_schedulers']
+    assert recorder(runner).scheduler_states[0]['_global_step'] == 4
+
+
+def test_plain_weight_files_still_load_with_weights_only(tmp_path):
+    path = tmp_path / 'weights.pth'
+    torch.save({'w': torch.ones(2)}, path)
+    assert torch.equal(load_from_local_file(str(path))['w'], torch.ones(2))
+
+
+class Payload:
+
+    def __reduce__(self):
+        return (print, ('this must never run', ))
+
+
+def test_a_pickle_with_foreign_objects_is_refused_unrun(tmp_path, capsys):
+    path = tmp_path / 'evil.pth'
+    torch.save({'w': torch.ones(1), 'x': Payload()}, path)
+    with pytest.raises(pickle.UnpicklingError,
+                       match=r"evil.pth holds Python objects.*builtins.print"):
+        load_from_local_file(str(path))
+    assert 'this must never run' not in capsys.readouterr().out
+
+
+# ---- files that are no checkpoint -------------------------------------------
+def test_loading_a_missing_file_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match='absent.pth'):
+        load_from_local_file(str(tmp_path / 'absent.pth'))
+
+
+def test_loading_an_empty_file_says_it_is_empty(tmp_path):
+    path = tmp_path / 'empty.pth'
+    path.touch()
+    with pytest.raises(ValueError,
+                       match=r'empty.pth is not a readable checkpoint: the '
+                       r'file is empty \(0 bytes\)'):
+        load_from_local_file(str(path))
+
+
+def test_loading_a_text_file_says_it_is_no_checkpoint(tmp_path):
+    path = tmp_path / 'notes.pth'
+    path.write_text('epoch 12: bbox mAP 0.41\n')
+    with pytest.raises(ValueError,
+                       match=r"notes.pth is not a readable checkpoint: it is "
+                       r"neither a torch checkpoint .* starts with b'epoc'"):
+        load_from_local_file(str(path))
+
+
+def cut_short(path):
+    """Truncates a file to half its size, as a killed save leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def test_loading_a_truncated_checkpoint_says_it_was_cut_short(work_dir):
+    cut_short(work_dir / 'iter_4.pth')
+    with pytest.raises(ValueError,
+                       match=r'iter_4.pth is not a readable checkpoint: it '
+                       r'is a torch checkpoint cut short'):
+        load_from_local_file(str(work_dir / 'iter_4.pth'))
+
+
+# ---- a save cut short -------------------------------------------------------
+class Killed(BaseException):
+    """What the process would die of: nothing after the write runs."""
+
+
+@pytest.mark.parametrize(
+    'config', ['configs/maskrcnn_cvt13_coco.py',
+               'configs/upernet_cvt13_ade20k.py'])
+def test_a_save_cut_short_leaves_a_complete_checkpoint_to_resume_from(
+        config, tmp_path, monkeypatch):
+    # the shipped config's hook, keeping one checkpoint as the demos do
+    hook = dict(load_repo_config(config).default_hooks.checkpoint,
+                max_keep_ckpts=1)
+    write = LocalBackend.put
+
+    def write_half_and_die(backend, obj, filepath):
+        """Dies halfway through writing iter_4.pth, under whatever name
+        the hook writes it."""
+        if 'iter_4.pth' in str(filepath):
+            with open(filepath, 'wb') as f:
+                f.write(obj[:len(obj) // 2])
+            raise Killed
+        write(backend, obj, filepath)
+
+    monkeypatch.setattr(LocalBackend, 'put', write_half_and_die)
+    with pytest.raises(Killed):
+        build_linear_runner(tmp_path, max_iters=6,
+                            checkpoint_hook=hook).train()
+    monkeypatch.undo()
+
+    latest = (tmp_path / 'last_checkpoint').read_text()
+    assert latest == str(tmp_path / 'iter_2.pth')
+    for path in tmp_path.glob('*.pth'):  # no file under a checkpoint's name
+        assert checkpoint_file_problem(path) is None, path  # is cut short
+
+    runner = build_linear_runner(tmp_path, max_iters=6, resume=True,
+                                 checkpoint_hook=hook)
+    runner.train()
+    assert recorder(runner).iters == [2, 3, 4, 5]
+    assert sorted(p.name for p in tmp_path.glob('*.pth*')) == ['iter_6.pth']
+
+
+# ---- resuming from a checkpoint that is cut short ---------------------------
+def test_resume_skips_a_truncated_latest_checkpoint_and_says_so(work_dir):
+    cut_short(work_dir / 'iter_4.pth')
+    runner = build_linear_runner(work_dir, max_iters=6, resume=True)
+    runner.train()
+    assert recorder(runner).iters == [2, 3, 4, 5]
+    log, = Path(runner.log_dir).glob('*.log')
+    assert (f'The latest checkpoint, {work_dir}/iter_4.pth, cannot be '
+            f'resumed from: it is a torch checkpoint cut short'
+            ) in log.read_text()
+    assert (f'Resuming from the newest complete checkpoint before it '
+            f'instead: {work_dir}/iter_2.pth') in log.read_text()
+
+
+def test_resuming_from_a_named_truncated_checkpoint_offers_the_previous(
+        work_dir):
+    cut_short(work_dir / 'iter_4.pth')
+    runner = build_linear_runner(work_dir, max_iters=6, resume=True,
+                                 load_from=work_dir / 'iter_4.pth')
+    with pytest.raises(RuntimeError) as error:
+        runner.train()
+    assert re.match(
+        f'cannot resume from {work_dir}/iter_4.pth: it is a torch checkpoint '
+        f'cut short.* resume from it with --resume {work_dir}/iter_2.pth$',
+        str(error.value))
+
+
+# ---- strict loading ---------------------------------------------------------
+def test_load_from_a_checkpoint_of_another_model_is_an_error_naming_keys(
+        tmp_path):
+    checkpoint = tmp_path / 'other.pth'
+    torch.save({'state_dict': {'conv.weight': torch.zeros(1, 2)}}, checkpoint)
+    runner = build_linear_runner(tmp_path, max_iters=2, load_from=checkpoint)
+    with pytest.raises(RuntimeError) as error:
+        runner.train()
+    message = str(error.value)
+    assert f'checkpoint {checkpoint} does not fit the model' in message
+    assert 'unexpected key in source state_dict: conv.weight' in message
+    assert ('missing keys in source state_dict: linear.weight, linear.bias'
+            in message)
+
+
+# ---- the converter ----------------------------------------------------------
+def test_the_converter_refuses_to_overwrite_its_input(hf_dir, tmp_path,
+                                                      capsys):
+    directory = shutil.copytree(hf_dir, tmp_path / 'hf')
+    weights = directory / 'model.safetensors'
+    (tmp_path / 'link.safetensors').symlink_to(weights)
+    original = weights.read_bytes()
+    for src, dst in ((weights, weights),
+                     (weights, directory / '.' / 'model.safetensors'),
+                     (weights, tmp_path / 'link.safetensors'),
+                     (directory, weights)):
+        # the arch given: weights that would convert, were dst another file
+        assert cvt2mmcvt.main([str(src), str(dst), '--safetensors', '--arch',
+                               json.dumps(HF_ARCH)]) == 1
+        assert 'would overwrite the input' in capsys.readouterr().err
+        assert weights.read_bytes() == original
