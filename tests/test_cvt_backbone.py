@@ -169,6 +169,13 @@ def mlp_activation(model):
     return model.stages[0].blocks[0].ffn.layers[0][1]
 
 
+@pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
+def test_quick_gelu_is_mmcvts_own_in_either_scope(scope):
+    # mmseg's QuickGELU, found first in its scope, launches four more ops
+    init_default_scope(scope)
+    assert type(mlp_activation(tiny_cvt())) is QuickGELU
+
+
 def test_default_activation_is_quick_gelu():
     x = torch.linspace(-5, 5, 101)
     torch.testing.assert_close(
@@ -431,13 +438,15 @@ def bytes_kept_by_forward(model, x):
     return sum(event.self_cpu_memory_usage for event in p.events())
 
 
-def test_selective_recompute_keeps_a_third_less_for_the_backward():
+def test_selective_recompute_keeps_a_fifth_less_for_the_backward():
+    # 0.75 of plain autograd's (0.64 at 53bbf93, whose plain autograd kept
+    # more: QuickGELU then saved two tensors for its backward, now one)
     x = torch.rand(2, 3, 128, 128)
     plain = bytes_kept_by_forward(tiny_cvt().train(), x)
     selective = bytes_kept_by_forward(
         tiny_cvt(with_cp='selective').train(), x)
     full = bytes_kept_by_forward(tiny_cvt(with_cp=True).train(), x)
-    assert full < selective < 0.7 * plain
+    assert full < selective < 0.8 * plain
 
 
 @pytest.mark.parametrize('dtype, bound', [(torch.bfloat16, 2e-2),
@@ -568,11 +577,6 @@ def test_cls_token_the_old_name_of_with_cls_token_still_works_with_a_warning():
     with pytest.warns(DeprecationWarning, match='with_cls_token'):
         model = tiny_cvt(cls_token=True)
     assert model.with_cls_token and model.stages[2].cls_token is not None
-
-
-def test_an_unknown_argument_is_a_type_error_that_names_it():
-    with pytest.raises(TypeError, match='unexpected arguments.*clss_token'):
-        tiny_cvt(clss_token=True)
 
 
 def test_pretrained_becomes_a_pretrained_init_cfg_with_a_warning():

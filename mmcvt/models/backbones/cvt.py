@@ -1,18 +1,21 @@
 """CvT, the Convolutional vision Transformer (Wu et al., ICCV 2021,
 arXiv 2103.15808), as a backbone for dense prediction.
 
-The file reads top-down: the activation, the drop path, the convolutional
-projection, the attention, the block and the stage, then the arch parsing
-and the backbone. Parameter names follow the official code wherever the
-OpenMMLab bricks allow it, so that ``cvt_checkpoint.convert_official`` is a
-short table of renames. The one exception is the k/v projection, which is
-fused (see :class:`ConvAttention`).
+The file reads top-down: the activation, drop path and residual, the
+autocast helpers, the convolutional projection, the attention, the block
+and the stage, then the arch and the backbone. Parameter names follow the
+official code wherever the OpenMMLab bricks allow it, so that
+``cvt_checkpoint.convert_official`` is a short table of renames and one
+fusion: k and v are projected together (see :class:`ConvAttention`).
 
-Written for GPUs, where a training step costs launch time per op more than
-FLOPs: k and v go through one conv, one BatchNorm and one matmul, drop path
-costs one op per residual, and nothing is copied that a later op copies
-anyway. ``torch.compile(CvT(...), dynamic=True, fullgraph=True)`` gives one
-graph for any image size.
+Written for GPUs, where a training step of small ops costs launch time more
+than FLOPs: k and v go through one conv, one BatchNorm and one matmul; drop
+path costs two ops a stage and one a residual; under autocast a stage's
+weights are cast in one op; nothing is copied that a later op copies
+anyway. A CvT-13 bf16 training step launches half the ops it did (README,
+"Speed and memory"). ``torch.compile(CvT(...), dynamic=True,
+fullgraph=True)`` gives one graph for every image size, and
+``compile=True`` does it from a config.
 """
 import functools
 import itertools
@@ -29,6 +32,7 @@ from mmengine.model import BaseModule, ModuleList
 from mmengine.model.weight_init import (constant_init, initialize,
                                         trunc_normal_init)
 from mmengine.registry import MODELS
+from mmengine.utils import deprecated_api_warning
 from torch.func import functional_call
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
@@ -827,6 +831,8 @@ class CvT(BaseModule):
 
     arch_zoo = ARCH_ZOO
 
+    # configs written for earlier versions say cls_token
+    @deprecated_api_warning({'cls_token': 'with_cls_token'}, cls_name='CvT')
     def __init__(self,
                  arch='13',
                  in_channels=3,
@@ -845,9 +851,7 @@ class CvT(BaseModule):
                  attn_impl='sdpa',
                  compile=False,
                  pretrained=None,
-                 init_cfg=None,
-                 **deprecated):
-        with_cls_token = self._renamed_arguments(deprecated, with_cls_token)
+                 init_cfg=None):
         init_cfg = self._pretrained_as_init_cfg(pretrained, init_cfg)
         super().__init__(init_cfg=init_cfg)
         self.stage_specs = parse_arch(arch)
@@ -874,6 +878,11 @@ class CvT(BaseModule):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.with_cls_token = with_cls_token
+        if act_cfg.get('type') == 'QuickGELU':
+            # MMSegmentation registers a QuickGELU of its own (for CLIP),
+            # which its scope would find first: the same function, in four
+            # more ops a block (forward and backward) than this one
+            act_cfg = dict(act_cfg, type=QuickGELU)
 
         depths = [spec['depth'] for spec in self.stage_specs]
         rates = iter(torch.linspace(0, drop_path_rate, sum(depths)).tolist())
@@ -917,20 +926,6 @@ class CvT(BaseModule):
 
     # ---- construction checks -------------------------------------------
     @staticmethod
-    def _renamed_arguments(deprecated, with_cls_token):
-        """``cls_token``, the old name of ``with_cls_token``: configs
-        written for earlier versions keep working, with a warning."""
-        if 'cls_token' in deprecated:
-            warnings.warn(
-                'CvT: "cls_token" is deprecated, use "with_cls_token"',
-                DeprecationWarning, stacklevel=3)
-            with_cls_token = deprecated.pop('cls_token')
-        if deprecated:
-            raise TypeError(f'CvT got unexpected arguments '
-                            f'{sorted(deprecated)}')
-        return with_cls_token
-
-    @staticmethod
     def _pretrained_as_init_cfg(pretrained, init_cfg):
         """``pretrained=...``, which MMSegmentation's segmentors pass on as
         ``model.pretrained``, becomes the ``init_cfg`` it stands for, as in
@@ -946,8 +941,7 @@ class CvT(BaseModule):
                 'init_cfg=dict(type="Pretrained", checkpoint=...)')
         warnings.warn(
             'CvT: "pretrained" is deprecated, use init_cfg=dict('
-            'type="Pretrained", checkpoint=...)', DeprecationWarning,
-            stacklevel=3)
+            'type="Pretrained", checkpoint=...)', DeprecationWarning)
         return dict(type='Pretrained', checkpoint=pretrained)
 
     def _parse_out_indices(self, out_indices):
