@@ -7,7 +7,7 @@ import torch
 
 from mmcvt.models import CvT
 
-from .utils import TINY, relative_error
+from .utils import TINY, load_repo_config, relative_error
 
 # One stage, with the cls token: every brick of the model, and inductor's
 # C++ compilation of it takes about a minute on two cores (three stages
@@ -107,12 +107,8 @@ def test_a_compile_switch_that_is_not_a_bool_or_a_dict_is_a_type_error():
 
 
 def test_the_compiled_detection_config_pads_batches_to_few_sizes():
-    from mmengine.config import Config
-    from mmengine.registry import MODELS, init_default_scope
-
-    from .utils import REPO
-    cfg = Config.fromfile(REPO / 'configs/maskrcnn_cvt13_compiled_coco.py')
-    init_default_scope(cfg.default_scope)
+    from mmengine.registry import MODELS
+    cfg = load_repo_config('configs/maskrcnn_cvt13_compiled_coco.py')
     assert cfg.model.backbone.compile is True
     preprocessor = MODELS.build(cfg.model.data_preprocessor)
     # COCO images after the 1333x800 resize: some of the many sizes

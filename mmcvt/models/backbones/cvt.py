@@ -57,7 +57,8 @@ class _QuickGELUFunction(torch.autograd.Function):
     def forward(ctx, x):
         scaled = x * 1.702
         ctx.save_for_backward(scaled)
-        return F.silu(scaled) * (1 / 1.702)
+        # in place: one tensor of the hidden width fewer at the peak
+        return F.silu(scaled).mul_(1 / 1.702)
 
     @staticmethod
     def backward(ctx, grad_output):
