@@ -50,6 +50,20 @@ def load_repo_config(path):
     return cfg
 
 
+def save_untrained_checkpoint(config, path, seed=0):
+    """Saves the freshly initialised model of a repository config (``config``
+    relative to it) as a checkpoint the tools load: the untrained baseline
+    that the demo metrics are compared with."""
+    import torch
+    from mmengine.registry import MODELS
+    with torch.random.fork_rng():  # leaves the other tests' RNG as it was
+        torch.manual_seed(seed)
+        model = MODELS.build(load_repo_config(config).model)
+        model.init_weights()
+    torch.save({'state_dict': model.state_dict()}, path)
+    return path
+
+
 def predictions_png_cells(png, image_paths, columns):
     """The cells of tools/misc/show_predictions.py's grid, after checking
     the grid's size: for each input image, in order, the image as read and
