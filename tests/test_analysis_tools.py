@@ -100,6 +100,13 @@ def test_benchmark_runs_at_a_tiny_size_and_writes_its_reports(tmp_path):
     assert 'float32 matmul' in table
 
 
+@pytest.mark.parametrize('option', [['--repeat', '0'], ['--warmup', '-1']])
+def test_benchmark_rejects_no_timed_run_or_a_negative_warmup(option, capsys):
+    with pytest.raises(SystemExit):
+        benchmark.main(option)
+    assert '--repeat must be at least 1' in capsys.readouterr().err
+
+
 def test_train_step_benchmark_runs_detector_and_segmentor_configs():
     train_step = load_tool('analysis_tools/benchmark_train_step.py')
     results = train_step.main([

@@ -11,8 +11,8 @@ started from; on CUDA ``max_memory_allocated`` over ``memory_allocated``),
 its FLOPs (matmuls, convolutions and attention of the forward, see
 mmcvt.analysis; three times that for forward and backward) and the
 FLOP/s it achieved. The machine's fp32 matmul rate is measured in the same
-run, in a process of its own, for comparison. Results go to a markdown
-table and a JSON file in --out-dir.
+run, in a process of its own and with the same warm-up and repeats, for
+comparison. Results go to a markdown table and a JSON file in --out-dir.
 
 Each eager case also counts the ops of one of its steps that launch a
 kernel on a GPU (views and allocations aside, see
@@ -96,6 +96,19 @@ def to_scalar(out):
     return sum(o.mean() for o in out)
 
 
+def median_latency(step, device, warmup, repeat):
+    """The median seconds of ``repeat`` calls of ``step`` after ``warmup``
+    untimed ones; ``step``'s result is dropped at once, so that its memory
+    is freed before the next call."""
+    times = []
+    for _ in range(warmup + repeat):
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[warmup:])
+
+
 def run_case(case):
     """Runs one case in this process; returns its measurements."""
     from mmcvt.analysis import count_flops, count_kernel_ops
@@ -134,15 +147,8 @@ def run_case(case):
         model.compile(dynamic=True)  # what CvT(compile=True) does
     gc.collect()
     memory = PeakMemory(device).start()
-    times = []
-    for _ in range(case['warmup'] + case['repeat']):
-        start = time.perf_counter()
-        out = step()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-        del out
+    latency = median_latency(step, device, case['warmup'], case['repeat'])
     peak_added_mib = memory.added_mib()
-    latency = statistics.median(times[case['warmup']:])
     # after the timed runs, whose memory it would otherwise hide; a
     # compiled step launches inductor's fused kernels, which no dispatch
     # mode sees
@@ -174,19 +180,15 @@ def first_map(out):
         else out[0]
 
 
-def run_matmul(case, n=4096, repeat=10):
-    """The machine's matmul rate in FLOP/s, in the case's precision."""
+def run_matmul(case, n=4096):
+    """The machine's matmul rate in FLOP/s, in the case's precision, timed
+    as the cases are (same warm-up and repeats)."""
     device = torch.device(case['device'])
     dtype = getattr(torch, case['precision'])
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    times = []
-    for _ in range(repeat + 1):
-        start = time.perf_counter()
-        a @ b
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    latency = statistics.median(times[1:])
+    latency = median_latency(lambda: a @ b, device, case['warmup'],
+                             case['repeat'])
     return dict(latency_s=latency, gflop=2 * n**3 / 1e9,
                 gflop_per_s=2 * n**3 / 1e9 / latency)
 
@@ -252,7 +254,11 @@ def parse_args(argv=None):
         'machine down (default: 90%% of RAM)')
     parser.add_argument('--out-dir', default='work_dirs/benchmark_backbone')
     parser.add_argument('--case', help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.repeat < 1 or args.warmup < 0:
+        parser.error('--repeat must be at least 1 and --warmup at least 0, '
+                     f'not {args.repeat} and {args.warmup}')
+    return args
 
 
 def default_memory_limit_gb():
