@@ -11,6 +11,8 @@ and backward, with torch's own formulas. Elementwise work (norms,
 activations, softmax) is not counted, as in every FLOP counter of this kind.
 """
 import collections
+import statistics
+import time
 
 import torch
 from mmengine.config import Config
@@ -100,6 +102,21 @@ def synchronize(device):
     """Waits for the device's queued kernels, so that a timer sees them."""
     if torch.device(device).type == 'cuda':
         torch.cuda.synchronize(device)
+
+
+def median_latency(step, device, warmup, repeat):
+    """The median seconds of ``repeat`` calls of ``step`` after ``warmup``
+    untimed ones, each timed from an idle device to its last kernel.
+    ``step``'s result is dropped at once, so that its memory is freed before
+    the next call."""
+    times = []
+    for _ in range(warmup + repeat):
+        synchronize(device)
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[warmup:])
 
 
 class PeakMemory:

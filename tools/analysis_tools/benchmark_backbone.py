@@ -30,14 +30,12 @@ import os
 import os.path as osp
 import platform
 import resource
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
 
-from mmcvt.analysis import PeakMemory, synchronize
+from mmcvt.analysis import PeakMemory, median_latency
 
 RESULT_MARK = 'BENCHMARK-RESULT '
 
@@ -94,19 +92,6 @@ def to_scalar(out):
     if hasattr(out, 'last_hidden_state'):
         return out.last_hidden_state.mean()
     return sum(o.mean() for o in out)
-
-
-def median_latency(step, device, warmup, repeat):
-    """The median seconds of ``repeat`` calls of ``step`` after ``warmup``
-    untimed ones; ``step``'s result is dropped at once, so that its memory
-    is freed before the next call."""
-    times = []
-    for _ in range(warmup + repeat):
-        start = time.perf_counter()
-        step()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[warmup:])
 
 
 def run_case(case):

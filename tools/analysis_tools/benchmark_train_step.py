@@ -18,15 +18,13 @@ CUDA ``max_memory_allocated``; on the CPU the process's peak RSS (see
 mmcvt.analysis.PeakMemory).
 """
 import argparse
-import statistics
-import time
 
 import torch
 from mmengine.optim import build_optim_wrapper
 
 import mmcvt  # noqa: F401  registers CvT
 from mmcvt.analysis import (PeakMemory, build_random_model, config_from,
-                            synchronize)
+                            median_latency)
 from mmcvt.engine import use_amp
 
 
@@ -112,14 +110,9 @@ def benchmark(config, args):
                             num_classes_of(model))
 
     memory = PeakMemory(args.device).start()
-    times = []
-    for _ in range(args.warmup + args.iters):
-        synchronize(args.device)
-        start = time.perf_counter()
-        model.train_step(batch, optim_wrapper)
-        synchronize(args.device)
-        times.append(time.perf_counter() - start)
-    return dict(config=config, step_s=statistics.median(times[args.warmup:]),
+    step_s = median_latency(lambda: model.train_step(batch, optim_wrapper),
+                            args.device, args.warmup, args.iters)
+    return dict(config=config, step_s=step_s,
                 peak_memory_mib=memory.peak_mib())
 
 
