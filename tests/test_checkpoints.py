@@ -6,6 +6,7 @@ import json
 import pickle
 import re
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from mmengine.hooks import Hook
 from mmengine.model import BaseModel
 from mmengine.registry import DATASETS, HOOKS, MODELS
 from mmengine.runner.checkpoint import load_from_local
+from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
 from mmcvt.engine import build_runner
@@ -204,6 +206,30 @@ def test_loading_a_truncated_checkpoint_says_it_was_cut_short(work_dir):
                        match=r'iter_4.pth is not a readable checkpoint: it '
                        r'is a torch checkpoint cut short'):
         load_from_local_file(str(work_dir / 'iter_4.pth'))
+
+
+def test_loading_a_zip_of_something_else_says_it_is_no_torch_checkpoint(
+        tmp_path):
+    path = tmp_path / 'photos.pth'
+    with zipfile.ZipFile(path, 'w') as archive:
+        archive.writestr('holiday.jpg', b'\xff\xd8')
+    with pytest.raises(ValueError,
+                       match=r'photos.pth is not a readable checkpoint: it '
+                       r'is a zip archive, but not a torch checkpoint: it has '
+                       r'no data.pkl; it holds \[holiday.jpg\]'):
+        load_from_local_file(str(path))
+
+
+def test_loading_a_truncated_safetensors_file_says_it_was_cut_short(
+        tmp_path):
+    path = tmp_path / 'model.safetensors'
+    save_file({'w': torch.ones(1000)}, path)
+    cut_short(path)
+    with pytest.raises(ValueError,
+                       match=r'model.safetensors is not a readable checkpoint'
+                       r': it is a safetensors file cut short: its tensors '
+                       r'end at byte 4\d\d\d, and the file has 2\d\d\d'):
+        load_from_local_file(str(path))
 
 
 # ---- a save cut short -------------------------------------------------------

@@ -8,7 +8,7 @@ which of the two libraries runs.
 """
 import argparse
 
-import mmcvt  # noqa: F401  registers CvT, the hook and the loaders
+import mmcvt  # noqa: F401  registers CvT and the hooks
 from mmcvt.engine import (add_runner_arguments, build_runner,
                           check_data_paths, cpu_distributed, load_config,
                           use_amp)

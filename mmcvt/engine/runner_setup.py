@@ -13,6 +13,7 @@ from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
 from mmengine.registry import MODEL_WRAPPERS, RUNNERS
 
 from .runner import StrictCheckpointRunner
+from ..fileio import install_checkpoint_loaders
 
 
 def add_runner_arguments(parser):
@@ -53,7 +54,10 @@ def use_amp(cfg):
 
 def build_runner(cfg):
     """A :class:`StrictCheckpointRunner`, or the config's own
-    ``runner_type``."""
+    ``runner_type``, reading checkpoints with mmcvt's loaders: weights-only,
+    mmengine's Runner checkpoints included (see
+    :func:`~mmcvt.fileio.install_checkpoint_loaders`)."""
+    install_checkpoint_loaders()
     return (StrictCheckpointRunner.from_cfg(cfg)
             if 'runner_type' not in cfg else RUNNERS.build(cfg))
 

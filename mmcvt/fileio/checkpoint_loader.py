@@ -1,29 +1,36 @@
-"""Checkpoint loading schemes for mmengine's ``CheckpointLoader``.
+"""Reading checkpoint files: local paths, ``hf://`` and ``http(s)://``.
 
-:func:`register_checkpoint_loaders` installs three, so that every
-``init_cfg``, ``load_from`` and ``--resume`` in the process reads checkpoints
-the same way. ``import mmcvt`` calls it, for the Runner's ``load_from`` and
-``--resume``; the CvT backbone's own checkpoint reading calls it too, rather
-than rely on that import having happened:
+Every torch file is read with torch's weights-only unpickler
+(:mod:`mmcvt.fileio.unpickling`), and weights that are not finite are
+refused. The CvT backbone reads its checkpoints with
+:func:`load_checkpoint_file`, without changing mmengine's
+``CheckpointLoader``. ``import mmcvt`` adds one scheme to that loader,
+``hf://`` (:func:`register_hf_loader`), and replaces none. mmcvt's tools
+call :func:`install_checkpoint_loaders`, which also replaces mmengine's
+loaders of local files and http(s) URLs in their process, so that their
+Runner reads the same way:
 
-- local files (``''``), replacing mmengine's. mmengine 0.10.x reads them with
-  a bare ``torch.load``, which from torch 2.6 on means ``weights_only=True``;
-  the checkpoints mmengine's own Runner writes hold more than weights
-  (``HistoryBuffer`` logs, numpy arrays, scheduler state), so ``--resume``
-  and ``load_from`` fail on them, and no mmengine release fixes it. The
-  replacement also reads safetensors files and transformers directories.
-- ``hf://<repo>[@<revision>]``: weights of a Hugging Face hub repository
-  through huggingface_hub's cache, so it works offline once cached.
-- ``http://`` and ``https://``, replacing mmengine's: torch.hub caches a
-  download under the URL's last part alone, so two URLs ending in
-  ``pytorch_model.bin`` would share one file. Here each URL gets its own.
+- local files: mmengine 0.10 reads them with a bare ``torch.load``, which
+  from torch 2.6 on refuses the checkpoints of mmengine's own Runner (their
+  ``HistoryBuffer`` logs), so that ``--resume`` and ``load_from`` fail on
+  them. The replacement reads them weights-only, and also safetensors files
+  and transformers directories.
+- ``http://`` and ``https://``: torch.hub caches a download under the
+  URL's last part alone, so two URLs ending in ``pytorch_model.bin`` would
+  share one file, and keeps whatever arrived. Here each URL gets a folder
+  of its own, and a download is cached only once it is whole and a
+  checkpoint.
 """
 import hashlib
+import json
 import os
 import os.path as osp
-import pickle
 import re
+import shutil
 import struct
+import tempfile
+import urllib.error
+import urllib.request
 import zipfile
 from urllib.parse import urlparse
 
@@ -31,31 +38,62 @@ import torch
 from mmengine.dist import get_dist_info
 from mmengine.runner import CheckpointLoader
 
+from .unpickling import load_weights_only
+
 # transformers' names for a single-file checkpoint, in its order of choice
 HF_WEIGHTS_NAMES = ('model.safetensors', 'pytorch_model.bin')
-
-# The globals that mmengine 0.10's Runner checkpoints name, beyond what
-# torch allows by default: numpy arrays and scalars (numpy 1.x and 2.x module
-# paths), HistoryBuffer with its statistics methods (pickled by getattr),
-# and the Counter of MultiStepLR's milestones.
-_RUNNER_CHECKPOINT_GLOBALS = re.compile(
-    r'numpy\.(_core|core)\.multiarray\.(_reconstruct|scalar)'
-    r'|numpy\.(ndarray|dtype)'
-    r'|numpy\.dtypes\.\w+DType'
-    r'|mmengine\.logging\.history_buffer\.HistoryBuffer'
-    r'|builtins\.getattr'
-    r'|collections\.Counter')
+# safetensors refuses headers above this many bytes
+_SAFETENSORS_MAX_HEADER = 100_000_000
+_MAX_NAMED = 12
 
 
-def _is_safetensors(filename):
-    """A safetensors file starts with the little-endian length of a JSON
-    header; torch's zip and pickle files cannot pass for one."""
+def name_keys(keys):
+    """Keys for an error message: sorted, the first dozen, and how many
+    more."""
+    keys = sorted(keys)
+    named = ', '.join(keys[:_MAX_NAMED])
+    more = len(keys) - _MAX_NAMED
+    return f'[{named}' + (f', ... and {more} more]' if more > 0 else ']')
+
+
+# ---- what a file is ---------------------------------------------------------
+def _safetensors_problem(filename, size):
+    """For a file laid out as safetensors (the little-endian length of a
+    JSON header, then the header): what is wrong with it, '' when nothing.
+    None for a file that is not laid out so."""
     with open(filename, 'rb') as f:
         head = f.read(9)
-    if len(head) < 9:
-        return False
-    header_length = struct.unpack('<Q', head[:8])[0]
-    return head[8:9] == b'{' and header_length <= osp.getsize(filename) - 8
+        if len(head) < 9 or head[8:9] != b'{':
+            return None
+        header_length = struct.unpack('<Q', head[:8])[0]
+        if header_length > _SAFETENSORS_MAX_HEADER:
+            return None
+        if 8 + header_length > size:
+            return (f'it is a safetensors file cut short: its header alone '
+                    f'takes {8 + header_length} bytes, and the file has '
+                    f'{size}')
+        f.seek(8)
+        try:
+            header = json.loads(f.read(header_length))
+            data_end = max((entry['data_offsets'][1]
+                            for name, entry in header.items()
+                            if name != '__metadata__'), default=0)
+        except (ValueError, TypeError, KeyError, IndexError):
+            return 'it is a safetensors file whose header is not readable'
+    needed = 8 + header_length + data_end
+    if needed > size:
+        return (f'it is a safetensors file cut short: its tensors end at '
+                f'byte {needed}, and the file has {size}')
+    return ''
+
+
+def _markup_kind(head):
+    """'an HTML page' or 'an XML document' for what a web server sends in
+    place of a file, else None."""
+    text = head.lstrip(b'\xef\xbb\xbf \t\r\n').lower()
+    if not text.startswith(b'<'):
+        return None
+    return 'an HTML page' if b'html' in text else 'an XML document'
 
 
 def checkpoint_file_problem(filename):
@@ -64,28 +102,42 @@ def checkpoint_file_problem(filename):
 
     torch's own errors for these files say nothing of the file: "EOFError"
     for an empty one, "KeyError: 101" for a text file, a zip error for one
-    whose writing was cut short. A torch checkpoint is a zip archive whose
-    index (the central directory) is written last, so a truncated one has
-    none; older torch files are pickles, which cannot be checked without
-    reading them.
+    whose writing was cut short, "enforce fail at inline_container.cc" for
+    a zip of something else. A torch checkpoint is a zip archive with a
+    ``data.pkl`` whose index (the central directory) is written last, so a
+    truncated one has none; a safetensors header gives the length of the
+    data after it. Older torch files are pickles, which cannot be checked
+    without reading them.
     """
     size = osp.getsize(filename)
     if size == 0:
         return 'the file is empty (0 bytes)'
     with open(filename, 'rb') as f:
-        head = f.read(4)
-    if head == b'PK\x03\x04':
+        head = f.read(1024)
+    if head[:4] == b'PK\x03\x04':
         try:
-            zipfile.ZipFile(filename).close()
+            with zipfile.ZipFile(filename) as archive:
+                names = archive.namelist()
         except zipfile.BadZipFile:
             return (f'it is a torch checkpoint cut short: a zip archive of '
                     f'{size} bytes without the index that is written last, '
                     f'as when a save is killed or the disk fills up')
+        if not any(name.endswith('data.pkl') for name in names):
+            return (f'it is a zip archive, but not a torch checkpoint: it '
+                    f'has no data.pkl; it holds {name_keys(names)}')
         return None
-    if head[:1] == b'\x80' or _is_safetensors(filename):
-        return None  # a pickle (older torch files) or safetensors
+    if head[:1] == b'\x80':
+        return None  # a pickle (older torch files)
+    safetensors_problem = _safetensors_problem(filename, size)
+    if safetensors_problem is not None:
+        return safetensors_problem or None
+    markup = _markup_kind(head)
+    if markup:
+        return (f'it is {markup}, not a checkpoint, as a web server sends in '
+                f'place of a file (a login, error or redirect page): it '
+                f'starts with {head[:40]!r}')
     return (f'it is neither a torch checkpoint (a zip archive or a pickle) '
-            f'nor safetensors: it starts with {head!r}')
+            f'nor safetensors: it starts with {head[:4]!r}')
 
 
 def _weights_file_in(directory):
@@ -97,31 +149,31 @@ def _weights_file_in(directory):
         f'{list(HF_WEIGHTS_NAMES)} (it has {sorted(os.listdir(directory))})')
 
 
-def _torch_load(filename, map_location):
-    """``weights_only=True`` first; a full unpickle only for files whose
-    globals, read without running the pickle, are those of mmengine Runner
-    checkpoints. Like any pickle, that is only as safe as the file."""
-    try:
-        return torch.load(filename, map_location=map_location,
-                          weights_only=True)
-    except pickle.UnpicklingError as error:
-        foreign = [
-            name for name in
-            torch.serialization.get_unsafe_globals_in_checkpoint(filename)
-            if not _RUNNER_CHECKPOINT_GLOBALS.fullmatch(name)
-        ]
-        if foreign:
-            raise pickle.UnpicklingError(
-                f'{filename} holds Python objects other than weights and '
-                f'mmengine Runner state: {foreign}. If you trust the file, '
-                f'load it with torch.load(..., weights_only=False) and save '
-                f'its state_dict.') from error
-    return torch.load(filename, map_location=map_location, weights_only=False)
+def _weights_of(checkpoint):
+    """The model weights of a loaded checkpoint: its ``state_dict`` or
+    ``model``, or the checkpoint itself."""
+    if isinstance(checkpoint, dict):
+        for key in ('state_dict', 'model'):
+            if isinstance(checkpoint.get(key), dict):
+                return checkpoint[key]
+        return checkpoint
+    return {}
 
 
+def non_finite_tensors(checkpoint):
+    """Names of the floating-point weights of a loaded checkpoint that hold
+    a NaN or an infinity."""
+    return [
+        name for name, value in _weights_of(checkpoint).items()
+        if isinstance(value, torch.Tensor) and value.is_floating_point()
+        and not value.is_meta and not torch.isfinite(value).all()
+    ]
+
+
+# ---- local files ------------------------------------------------------------
 def load_from_local_file(filename, map_location=None):
-    """mmengine's local loader, readable under torch >= 2.6, and for
-    safetensors files and transformers directories too.
+    """mmengine's local loader, weights-only, and for safetensors files and
+    transformers directories too.
 
     Args:
         filename (str): A torch or safetensors file, or a directory holding
@@ -130,6 +182,13 @@ def load_from_local_file(filename, map_location=None):
 
     Returns:
         The loaded checkpoint object.
+
+    Raises:
+        FileNotFoundError: No such file.
+        ValueError: The file is no readable checkpoint, or its weights are
+            not all finite; the message names the file and what is wrong.
+        pickle.UnpicklingError: The file holds more than weights and
+            mmengine Runner state (see :func:`load_weights_only`).
     """
     filename = osp.expanduser(filename)
     if osp.isdir(filename):
@@ -139,19 +198,55 @@ def load_from_local_file(filename, map_location=None):
     problem = checkpoint_file_problem(filename)
     if problem:
         raise ValueError(f'{filename} is not a readable checkpoint: {problem}')
-    if _is_safetensors(filename):
+    if _safetensors_problem(filename, osp.getsize(filename)) == '':
         from safetensors.torch import load_file
         device = map_location if isinstance(map_location, str) else 'cpu'
-        return load_file(filename, device=device)
-    return _torch_load(filename, map_location)
+        checkpoint = load_file(filename, device=device)
+    else:
+        checkpoint = load_weights_only(filename, map_location)
+    non_finite = non_finite_tensors(checkpoint)
+    if non_finite:
+        raise ValueError(
+            f'{filename} holds weights that are not finite (NaN or '
+            f'infinity) in {len(non_finite)} tensors: '
+            f'{name_keys(non_finite)}. It was not loaded: a model with them '
+            f'predicts nothing and trains to NaN. A run that diverged saves '
+            f'such checkpoints; take one saved before it diverged.')
+    return checkpoint
+
+
+# ---- hf:// ------------------------------------------------------------------
+# A Hugging Face owner or repository name, and a revision (a branch, a tag
+# or a commit, possibly with slashes: refs/pr/1), with no '.' or '..' path
+# part: huggingface_hub makes cache paths of both.
+_HF_NAME = re.compile(r'[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?')
+_HF_REVISION = re.compile(r'[A-Za-z0-9_-][A-Za-z0-9._-]*'
+                          r'(?:/[A-Za-z0-9_-][A-Za-z0-9._-]*)*')
 
 
 def _parse_hf_url(url):
     repo, _, revision = url[len('hf://'):].partition('@')
-    if repo.count('/') != 1 or not all(repo.split('/')):
+    parts = repo.split('/')
+    if (len(parts) != 2 or not all(map(_HF_NAME.fullmatch, parts))
+            or '..' in repo or '--' in repo):
         raise ValueError(f'{url!r} is not of the form '
-                         f'hf://<owner>/<name>[@<revision>]')
+                         f'hf://<owner>/<name>[@<revision>]: owner and name '
+                         f'are letters, digits and ._- (not .. nor --)')
+    if revision and (not _HF_REVISION.fullmatch(revision)
+                     or '..' in revision.split('/')):
+        raise ValueError(f'{url!r}: the revision {revision!r} is not a '
+                         f'branch, tag or commit name')
     return repo, revision or None
+
+
+def _hf_cache_dir():
+    from huggingface_hub import constants
+    return constants.HF_HUB_CACHE
+
+
+def _is_inside(path, directory):
+    path, directory = osp.realpath(path), osp.realpath(directory)
+    return osp.commonpath([path, directory]) == directory
 
 
 def load_from_hf_hub(url, map_location=None):
@@ -160,7 +255,7 @@ def load_from_hf_hub(url, map_location=None):
 
     It goes through huggingface_hub's cache (``HF_HOME``, ``HF_HUB_CACHE``)
     and honours ``HF_HUB_OFFLINE``, so a cached repository loads without the
-    network.
+    network. Names that would make paths outside the cache are refused.
     """
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
@@ -173,6 +268,9 @@ def load_from_hf_hub(url, map_location=None):
         except EntryNotFoundError as e:  # also: not cached and no network
             misses.append(f'{name}: {str(e).splitlines()[0]}')
             continue
+        if not _is_inside(path, _hf_cache_dir()):
+            raise ValueError(f'{url}: huggingface_hub gave {path}, outside '
+                             f'its cache {_hf_cache_dir()}; not loaded')
         return load_from_local_file(path, map_location)
     raise FileNotFoundError(
         f'no weights for {url}: neither the hub nor the local cache '
@@ -182,17 +280,59 @@ def load_from_hf_hub(url, map_location=None):
         f'local file.')
 
 
-def _hf_cache_dir():
-    from huggingface_hub import constants
-    return constants.HF_HUB_CACHE
+# ---- http(s):// -------------------------------------------------------------
+def _cache_file_name(url):
+    """The URL's last path part, as a file name that stays in its folder."""
+    name = re.sub(r'[^A-Za-z0-9._-]', '_', osp.basename(urlparse(url).path))
+    return name if name.strip('.') else 'checkpoint'
 
 
 def url_cache_path(url):
     """Where a URL's download is kept: torch.hub's checkpoint directory, in
     a folder named after the URL's hash, under the URL's file name."""
-    name = osp.basename(urlparse(url).path) or 'checkpoint'
     digest = hashlib.sha256(url.encode()).hexdigest()[:16]
-    return osp.join(torch.hub.get_dir(), 'checkpoints', digest, name)
+    return osp.join(torch.hub.get_dir(), 'checkpoints', digest,
+                    _cache_file_name(url))
+
+
+def _download(url, filename):
+    """Downloads ``url`` to ``filename`` through a temporary file beside it,
+    which takes the name only once it has arrived whole and looks like a
+    checkpoint.
+
+    Written here, not left to ``torch.hub.download_url_to_file``, which
+    moves whatever arrived into place: a body shorter than its
+    Content-Length, or an HTML page served with status 200, would stay in
+    the cache and fail on every later load.
+    """
+    directory = osp.dirname(filename)
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.NamedTemporaryFile(
+            dir=directory, prefix=osp.basename(filename) + '.',
+            suffix='.partial', delete=False) as partial:
+        try:
+            request = urllib.request.Request(
+                url, headers={'User-Agent': 'mmcvt'})
+            with urllib.request.urlopen(request) as response:
+                expected = response.headers.get('Content-Length')
+                shutil.copyfileobj(response, partial, 1 << 20)
+            received = partial.tell()
+            partial.close()
+            if expected is not None and received != int(expected):
+                raise ValueError(
+                    f'the download of {url} was cut short: {received} of '
+                    f'{expected} bytes arrived; nothing was cached, try '
+                    f'again')
+            problem = checkpoint_file_problem(partial.name)
+            if problem:
+                raise ValueError(f'{url} sent no checkpoint: {problem}; '
+                                 f'nothing was cached')
+            os.replace(partial.name, filename)
+        except (urllib.error.URLError, OSError) as e:
+            raise OSError(f'cannot download {url}: {e}') from e
+        finally:
+            if osp.exists(partial.name):
+                os.remove(partial.name)
 
 
 def load_from_url(url, map_location=None):
@@ -202,8 +342,7 @@ def load_from_url(url, map_location=None):
 
     def download():
         if not osp.isfile(filename):
-            os.makedirs(osp.dirname(filename), exist_ok=True)
-            torch.hub.download_url_to_file(url, filename, progress=False)
+            _download(url, filename)
 
     rank, world_size = get_dist_info()
     if rank == 0:
@@ -214,12 +353,40 @@ def load_from_url(url, map_location=None):
     return load_from_local_file(filename, map_location)
 
 
-def register_checkpoint_loaders():
-    """Installs mmcvt's loaders in mmengine's ``CheckpointLoader``; calling
-    it again changes nothing."""
-    CheckpointLoader.register_scheme(
-        prefixes='', loader=load_from_local_file, force=True)
+# ---- entry points -----------------------------------------------------------
+_SCHEMES = ((('http://', 'https://'), load_from_url),
+            (('hf://', ), load_from_hf_hub))
+
+
+def load_checkpoint_file(filename, map_location=None):
+    """A checkpoint from a local path, an ``hf://`` name or an http(s) URL,
+    read by mmcvt's loaders whatever mmengine's ``CheckpointLoader`` has
+    registered; other schemes (``s3://``, ``open-mmlab://`` ...) go to
+    ``CheckpointLoader``."""
+    for prefixes, loader in _SCHEMES:
+        if filename.startswith(prefixes):
+            return loader(filename, map_location)
+    if '://' in filename:
+        return CheckpointLoader.load_checkpoint(filename, map_location)
+    return load_from_local_file(filename, map_location)
+
+
+def register_hf_loader():
+    """Adds ``hf://`` to mmengine's ``CheckpointLoader``, which has no such
+    scheme, so that any ``init_cfg`` or ``load_from`` can name hub weights.
+    ``import mmcvt`` calls it; it replaces nothing of mmengine's."""
     CheckpointLoader.register_scheme(
         prefixes='hf://', loader=load_from_hf_hub, force=True)
+
+
+def install_checkpoint_loaders():
+    """Makes mmengine's ``CheckpointLoader`` read local files and http(s)
+    URLs with mmcvt's loaders in this process, and ``hf://`` names: the
+    Runner's ``load_from`` and ``--resume``, and every ``init_cfg``, then
+    read as the CvT backbone does. mmcvt's tools call it; ``import mmcvt``
+    does not. Calling it again changes nothing."""
+    register_hf_loader()
+    CheckpointLoader.register_scheme(
+        prefixes='', loader=load_from_local_file, force=True)
     CheckpointLoader.register_scheme(
         prefixes=('http://', 'https://'), loader=load_from_url, force=True)

@@ -18,8 +18,9 @@ from mmengine.dataset import pseudo_collate
 from mmengine.registry import DATASETS, MODELS, VISUALIZERS, init_default_scope
 from mmengine.runner import load_checkpoint
 
-import mmcvt  # noqa: F401  registers CvT and the checkpoint loaders
+import mmcvt  # noqa: F401  registers CvT and the hooks
 from mmcvt.engine import explain_checkpoint_mismatch
+from mmcvt.fileio import install_checkpoint_loaders
 
 
 def parse_args(argv=None):
@@ -73,6 +74,7 @@ def predict(cfg, checkpoint, num):
 
 
 def main(argv=None):
+    install_checkpoint_loaders()  # weights-only Runner checkpoints
     args = parse_args(argv)
     cfg = Config.fromfile(args.config)
     if args.cfg_options:

@@ -15,11 +15,11 @@ import sys
 
 import torch
 
-import mmcvt  # noqa: F401  installs the checkpoint loaders
 from mmcvt.fileio.checkpoint_loader import HF_WEIGHTS_NAMES
 from mmcvt.models import CvT, parse_arch
 from mmcvt.models.backbones.cvt_checkpoint import (BN_BUFFERS, fit_state_dict,
                                                    load_cvt_state_dict)
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
@@ -109,8 +109,8 @@ def convert(src, dst, arch=None, safetensors=False):
     print(f'source:  {src} ({fmt} format)')
     print(f'arch:    {arch} ({arch_source})')
     print(f'written: {dst} ({"safetensors" if safetensors else "torch"}): '
-        f'{len(kept)} tensors, {params:,} parameters without BN statistics'
-        f'{", with the cls token" if has_cls_token else ""}')
+          f'{len(kept)} tensors, {params:,} parameters without BN statistics'
+          f'{", with the cls token" if has_cls_token else ""}')
     print(f'dropped: {", ".join(sorted(dropped)) if dropped else "nothing"}')
     return kept
 

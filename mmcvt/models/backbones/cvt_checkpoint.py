@@ -12,17 +12,15 @@ Formats, told apart by their keys, never by the file name:
   bare or under ``backbone.`` in a detector or segmentor checkpoint.
 
 Files (.pth, .bin, .safetensors, a transformers directory, hf:// and URLs)
-are read by mmengine's ``CheckpointLoader`` with the loaders of
-:mod:`mmcvt.fileio.checkpoint_loader`, which :func:`read_checkpoint`
-installs.
+are read weights-only by :func:`mmcvt.fileio.load_checkpoint_file`, whatever
+mmengine's ``CheckpointLoader`` has registered.
 """
 import re
 
 import torch
 from mmengine.logging import print_log
-from mmengine.runner import CheckpointLoader
 
-from ...fileio import register_checkpoint_loaders
+from ...fileio import load_checkpoint_file, name_keys
 
 # official -> mmcvt; the rest of the names are the same in both
 _OFFICIAL_RENAMES = (
@@ -63,7 +61,6 @@ BN_BUFFERS = ('running_mean', 'running_var', 'num_batches_tracked')
 _HF_STAGE = _HF_RENAMES[0][0]
 _OFFICIAL_STAGE = re.compile(r'^stage(\d+)\.')
 _OUT_NORM = re.compile(r'^norm\d+\.')
-_MAX_NAMED_KEYS = 12
 
 
 # The separate k and v projections of the official code (and of mmcvt
@@ -157,14 +154,7 @@ def detect_format(state_dict):
         '"stage0.patch_embed.proj.weight", transformers\' '
         '"cvt.encoder.stages.0.embedding..." or mmcvt\'s '
         f'"stages.0.patch_embed.projection.weight"; keys: '
-        f'{_name_keys(list(state_dict))}')
-
-
-def _name_keys(keys):
-    keys = sorted(keys)
-    named = ', '.join(keys[:_MAX_NAMED_KEYS])
-    more = len(keys) - _MAX_NAMED_KEYS
-    return f'[{named}' + (f', ... and {more} more]' if more > 0 else ']')
+        f'{name_keys(list(state_dict))}')
 
 
 def _strip_prefix(state_dict, prefix):
@@ -196,13 +186,8 @@ def extract_state_dict(checkpoint):
 
 def read_checkpoint(filename):
     """Loads a checkpoint file or URL on the CPU; errors name the file."""
-    # mmengine's CheckpointLoader knows neither hf:// nor safetensors, and
-    # its local loader fails under torch >= 2.6 on Runner checkpoints:
-    # read through mmcvt's loaders, whatever has been imported before.
-    register_checkpoint_loaders()
     try:
-        return CheckpointLoader.load_checkpoint(
-            filename, map_location='cpu', logger='current')
+        return load_checkpoint_file(filename, map_location='cpu')
     except FileNotFoundError as e:
         raise FileNotFoundError(
             f'CvT checkpoint {filename!r} does not exist: {e}') from e
@@ -268,7 +253,7 @@ def fit_state_dict(state_dict, model):
         if k in own and v.shape != own[k].shape
     ]
     problems = [
-        f'{what} {_name_keys(keys)}'
+        f'{what} {name_keys(keys)}'
         for what, keys in (('missing keys', missing),
                            ('unexpected keys', unexpected),
                            ('shape mismatches', mismatched)) if keys
@@ -297,7 +282,7 @@ def load_pretrained(model, filename):
     model.load_state_dict(kept, strict=False)
     print_log(
         f'loaded {len(kept)} tensors from {filename} ({fmt} format)' +
-        (f'; dropped {_name_keys(dropped)}' if dropped else '') +
-        (f'; output norms left to their initialisation {_name_keys(fresh)}'
+        (f'; dropped {name_keys(dropped)}' if dropped else '') +
+        (f'; output norms left to their initialisation {name_keys(fresh)}'
          if fresh else ''),
         logger='current')
