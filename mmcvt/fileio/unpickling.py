@@ -24,6 +24,7 @@ import hashlib
 import os
 import pickle
 import re
+import threading
 
 import numpy as np
 import torch
@@ -173,17 +174,24 @@ RUNNER_STATE_GLOBALS = [
 ]
 
 
+# torch keeps one list of allowed globals for the whole process: one load
+# at a time adds and removes ours, or a thread leaving would take them away
+# from another that is still reading
+_allowing = threading.RLock()
+
+
 @contextlib.contextmanager
 def _runner_state_allowed():
     """torch's ``safe_globals`` with :data:`RUNNER_STATE_GLOBALS`, adding only
     what is not allowed yet, so that leaving takes away nothing that the
-    user had allowed before. torch keeps this list for the whole process:
-    other threads' loads see it while this one runs, and each entry stays as
-    restricted there as here."""
-    allowed = torch.serialization.get_safe_globals()
-    added = [entry for entry in RUNNER_STATE_GLOBALS if entry not in allowed]
-    with torch.serialization.safe_globals(added):
-        yield
+    user had allowed before. Other threads' loads see the list while this
+    one runs, and each entry stays as restricted there as here."""
+    with _allowing:
+        allowed = torch.serialization.get_safe_globals()
+        added = [entry for entry in RUNNER_STATE_GLOBALS
+                 if entry not in allowed]
+        with torch.serialization.safe_globals(added):
+            yield
 
 
 def _foreign_globals(filename):
