@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# Data kept beside the checkout, never copied into it.
-FIXTURES = REPO.parent / 'shared' / 'fixtures'
+# Reference data produced by the official CvT code (see its README.md)
+FIXTURES = REPO / 'tests' / 'data'
 
 # Non-default widths, heads and depths for transformers' CvT (it indexes its
 # drop-path rates by stage, so each stage needs more blocks than its index).
