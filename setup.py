@@ -54,9 +54,15 @@ setup(
     long_description_content_type='text/markdown',
     packages=find_packages(include=['mmcvt', 'mmcvt.*']),
     python_requires='>=3.9',
-    # torch is deliberately not listed: pip would replace a user's CUDA build
-    # or fetch a CUDA one; tools/install.sh installs it (requirements/torch.txt)
+    # torch is deliberately not required: pip would replace a user's CUDA
+    # build or fetch a CUDA one; tools/install.sh installs it
+    # (requirements/torch.txt). mmcvt needs TORCH_MINIMUM or newer (see
+    # mmcvt/version.py; `import mmcvt` checks it), which the 'torch' extra
+    # asks for: pip install "mmcvt[torch]".
     install_requires=read_requirements('mmcv') + read_requirements('runtime'),
-    extras_require={'tests': read_requirements('tests')},
+    extras_require={
+        'tests': read_requirements('tests'),
+        'torch': [f'torch>={version["TORCH_MINIMUM"]}'],
+    },
     cmdclass={'build_py': BuildPyWithConfigs},
 )

@@ -7,10 +7,17 @@ and adds the ``hf://`` scheme to mmengine's ``CheckpointLoader``. It
 replaces none of mmengine's loaders: mmcvt's tools do that themselves
 (:func:`mmcvt.fileio.install_checkpoint_loaders`).
 """
-from . import engine  # noqa: F401  registers the runner, hook and wrapper
-from . import models  # noqa: F401  registers the modules
-from .fileio import register_hf_loader
-from .version import __version__
+import torch
+
+from .version import __version__, torch_version_problem
+
+if torch_version_problem(torch.__version__):
+    # one line here, rather than an AttributeError deep in an import below
+    raise ImportError(torch_version_problem(torch.__version__))
+
+from . import engine  # noqa: E402,F401  registers the runner, hook, wrapper
+from . import models  # noqa: E402,F401  registers the modules
+from .fileio import register_hf_loader  # noqa: E402
 
 register_hf_loader()
 

@@ -1,6 +1,6 @@
-"""The installed stack: mmcv's compiled ops, and registration in both
-libraries through ``custom_imports``. (Runner checkpoints under torch >= 2.6:
-test_checkpoints.py.)"""
+"""The installed stack: the torch floor, mmcv's compiled ops, and
+registration in both libraries through ``custom_imports``. (Runner
+checkpoints under torch >= 2.6: test_checkpoints.py.)"""
 import subprocess
 import sys
 
@@ -57,3 +57,18 @@ def test_a_config_with_custom_imports_builds_cvt(tmp_path, scope, library):
         capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[-2:] == ['mmcvt.models.backbones.cvt', 'CvT']
+
+
+def test_import_mmcvt_on_a_torch_below_its_floor_fails_in_one_line():
+    from mmcvt.version import TORCH_MINIMUM
+    result = subprocess.run(
+        [sys.executable, '-c',
+         'import torch; torch.__version__ = "2.5.1+cu121"; import mmcvt'],
+        capture_output=True, text=True)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        f'ImportError: mmcvt needs torch >= {TORCH_MINIMUM}, and this '
+        f'environment has torch 2.5.1+cu121: install a newer one, e.g. pip '
+        f'install "torch>={TORCH_MINIMUM}"')
+    # nothing of mmcvt beyond the check was imported
+    assert 'mmengine' not in result.stderr

@@ -20,7 +20,15 @@ fi
 # torch first: keep the one already in the environment (a GPU user's CUDA
 # build), otherwise take the pinned release.
 if "$PY" -c 'import torch' 2>/dev/null; then
-    log "keeping torch $("$PY" -c 'import torch; print(torch.__version__)')"
+    torch_version=$("$PY" -c 'import torch; print(torch.__version__)')
+    # the floor that `import mmcvt` checks (mmcvt/version.py)
+    problem=$("$PY" -c "exec(open('mmcvt/version.py').read())
+print(torch_version_problem('$torch_version') or '')")
+    if [ -n "$problem" ]; then
+        log "$problem"
+        exit 1
+    fi
+    log "keeping torch $torch_version"
 else
     log "installing torch from requirements/torch.txt"
     "${PIP[@]}" install -r requirements/torch.txt
