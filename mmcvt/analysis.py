@@ -1,6 +1,7 @@
 """What tools/analysis_tools share: FLOP counting that sees attention, the
-count of ops that launch kernels, peak memory on the CPU and CUDA, and
-configs' models built with random weights.
+count of ops that launch kernels, peak memory on the CPU and CUDA,
+configs' models built with random weights, and argument types that refuse
+sizes no model can run.
 
 torch's ``FlopCounterMode`` counts matmuls, convolutions and the CUDA
 kernels of ``scaled_dot_product_attention``, but not its CPU kernel
@@ -10,6 +11,7 @@ would vanish from the count. :func:`count_flops` adds that kernel, forward
 and backward, with torch's own formulas. Elementwise work (norms,
 activations, softmax) is not counted, as in every FLOP counter of this kind.
 """
+import argparse
 import collections
 import statistics
 import time
@@ -174,3 +176,24 @@ def build_random_model(cfg):
     cfg.model.backbone.init_cfg = None
     cfg.model.pop('pretrained', None)
     return revert_sync_batchnorm(MODELS.build(cfg.model))
+
+
+def positive_int(text):
+    """argparse type: an int of at least 1 (a batch, a side, a count), so
+    that 0 or a negative number is a usage error, not a crash deep in torch
+    after the model is built."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not an integer')
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'{value} is not at least 1')
+    return value
+
+
+def image_size(text):
+    """argparse type: ``HxW`` with both sides at least 1, as [H, W]."""
+    parts = text.lower().split('x')
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f'{text!r} is not of the form HxW')
+    return [positive_int(part) for part in parts]

@@ -29,10 +29,18 @@ def config_path(name):
             or ``'demo/maskrcnn_cvt13_shapes.py'``.
 
     Raises:
+        ValueError: When ``name`` leads out of the configs' directory (an
+            absolute path, ``..``).
         FileNotFoundError: When there is no such config, naming those there
             are, or when mmcvt was installed without its configs.
     """
     path = CONFIG_DIR / name
+    # resolved, as an editable install's CONFIG_DIR is a link to configs/
+    if not path.resolve().is_relative_to(CONFIG_DIR.resolve()):
+        raise ValueError(
+            f'{name!r} is not a config shipped with mmcvt: name one by its '
+            f'path under {CONFIG_DIR}, as `python -m mmcvt.config_paths` '
+            f'lists them')
     if not path.is_file():
         raise FileNotFoundError(
             f'mmcvt ships no config {name!r}; it ships: '

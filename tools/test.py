@@ -6,6 +6,8 @@ which of the two libraries runs.
     python tools/test.py CONFIG CHECKPOINT --show-dir vis --out results.pkl
 """
 import argparse
+import os
+import os.path as osp
 
 import mmcvt  # noqa: F401  registers CvT and the hooks
 from mmcvt.engine import (add_runner_arguments, build_runner,
@@ -54,6 +56,10 @@ def build_config(args):
         cfg.model = dict(**cfg.tta_model, module=cfg.model)
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
     if args.out is not None:
+        # checked here, not when the results are dumped after the test
+        if osp.isdir(args.out) or args.out.endswith(('/', os.sep)):
+            raise ValueError(f'--out {args.out} is a directory: name the '
+                             f'.pkl file to write the predictions to')
         if not args.out.endswith(('.pkl', '.pickle')):
             raise ValueError('--out must be a .pkl or .pickle file')
         cfg.test_evaluator = [

@@ -1,6 +1,7 @@
 """What tools/train.py and tools/test.py share: their common arguments,
 the config they load, checks on it, and the Runner they build from it, in
 MMDetection's and MMSegmentation's way."""
+import json
 import logging
 import os
 import os.path as osp
@@ -12,8 +13,8 @@ from mmengine.logging import print_log
 from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
 from mmengine.registry import MODEL_WRAPPERS, RUNNERS
 
-from .runner import StrictCheckpointRunner
 from ..fileio import install_checkpoint_loaders
+from .runner import StrictCheckpointRunner
 
 
 def add_runner_arguments(parser):
@@ -42,7 +43,21 @@ def load_config(args):
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(args.config))[0])
+    _check_work_dir(cfg.work_dir)
     return cfg
+
+
+def _check_work_dir(work_dir):
+    """Before anything is built: the Runner would write logs and
+    checkpoints into the current directory for an empty work_dir, and fail
+    with a bare FileExistsError on a file."""
+    if not str(work_dir).strip():
+        raise ValueError('the work dir is empty (--work-dir ""?): name the '
+                         'directory for logs and checkpoints')
+    if osp.exists(work_dir) and not osp.isdir(work_dir):
+        raise NotADirectoryError(
+            f'the work dir {work_dir} is a file, not a directory: name '
+            f'another one with --work-dir')
 
 
 def use_amp(cfg):
@@ -93,11 +108,15 @@ def _evaluator_paths(evaluator):
 
 def check_data_paths(cfg, splits=('train', 'val', 'test')):
     """Fails early, naming the path, when the data of a split are absent:
-    what its dataloader reads, and the annotation file of its evaluator.
+    what its dataloader reads, and the annotation file of its evaluator;
+    and when a JSON annotation file is cut short (see
+    :func:`json_file_problem`).
 
     mmdet and mmseg would fail too, but later: on the first image, or after
-    an epoch of training when the evaluator opens its annotation file.
-    Remote paths (``s3://`` and the like) are not checked.
+    an epoch of training when the evaluator opens its annotation file, and
+    for a JSON file cut short with pycocotools' JSONDecodeError, which does
+    not name the file. Remote paths (``s3://`` and the like) are not
+    checked.
 
     Args:
         splits: Of 'train', 'val' and 'test': those whose
@@ -106,8 +125,10 @@ def check_data_paths(cfg, splits=('train', 'val', 'test')):
     Raises:
         FileNotFoundError: Naming the missing path and how to point the
             config elsewhere.
+        ValueError: Naming the JSON file that cannot be read, and why.
     """
     config = cfg.filename or 'the config'
+    checked = set()  # the val split's dataset and evaluator share a file
     for split in splits:
         key = f'{split}_dataloader'
         loader = cfg.get(key)
@@ -118,20 +139,61 @@ def check_data_paths(cfg, splits=('train', 'val', 'test')):
                 _check_exists(
                     path, f'{key} of {config} reads {dataset.get("type")} '
                     f'data from data_root={dataset.get("data_root")!r}',
-                    f'{key}.dataset.data_root')
+                    f'{key}.dataset.data_root', checked)
         key = f'{split}_evaluator'
         for option, path in _evaluator_paths(cfg.get(key)):
             _check_exists(path,
                           f'{key} of {config} reads its annotations there',
-                          f'{key}.{option}')
+                          f'{key}.{option}', checked)
 
 
-def _check_exists(path, reader, option):
-    if '://' not in path and not osp.exists(path):
+def _check_exists(path, reader, option, checked):
+    if '://' in path or path in checked:
+        return
+    checked.add(path)
+    if not osp.exists(path):
         raise FileNotFoundError(
             f'{path} does not exist: {reader}. Put the data there (see '
             f'README.md), or point the config at it with --cfg-options '
             f'{option}=...')
+    problem = (json_file_problem(path)
+               if path.endswith('.json') and osp.isfile(path) else None)
+    if problem:
+        raise ValueError(f'{path} cannot be read: {problem}. {reader}. '
+                         f'Write it again (a copy or download cut short?), '
+                         f'or point the config at another with '
+                         f'--cfg-options {option}=...')
+
+
+# Parsing COCO's val annotations (25 MB) takes a fraction of a second, its
+# train annotations (450 MB) some seconds and gigabytes; above this size a
+# file is only checked at its ends.
+_JSON_PARSED_UP_TO = 64 * 2**20
+
+
+def json_file_problem(path):
+    """What makes a JSON file unreadable, or None: a file up to 64 MB is
+    parsed; a larger one must start with ``{`` or ``[`` and end with the
+    bracket that closes it, which a file cut short almost never does (it
+    would have to end right after an inner object)."""
+    size = osp.getsize(path)
+    if size == 0:
+        return 'the file is empty (0 bytes)'
+    if size <= _JSON_PARSED_UP_TO:
+        try:
+            with open(path, 'rb') as f:
+                json.load(f)
+        except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+            return f'it is not valid JSON ({error}; {size} bytes: cut short?)'
+        return None
+    with open(path, 'rb') as f:
+        first = f.read(4096).lstrip()[:1]
+        f.seek(max(0, size - 4096))
+        last = f.read().rstrip()[-1:]
+    if {b'{': b'}', b'[': b']'}.get(first) != last:
+        return (f'it is not a whole JSON document: it starts with {first!r} '
+                f'and ends with {last!r} ({size} bytes: cut short?)')
+    return None
 
 
 @contextmanager

@@ -35,7 +35,8 @@ import sys
 
 import torch
 
-from mmcvt.analysis import PeakMemory, median_latency
+from mmcvt.analysis import (PeakMemory, image_size, median_latency,
+                            positive_int)
 
 RESULT_MARK = 'BENCHMARK-RESULT '
 
@@ -195,11 +196,6 @@ def run_in_fresh_process(case, timeout):
     return dict(error=reason[0][:200])
 
 
-def parse_size(text):
-    height, width = text.lower().split('x')
-    return [int(height), int(width)]
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n\n')[0],
@@ -211,7 +207,7 @@ def parse_args(argv=None):
                  if default],
         help='; '.join(f'{name}: {what}'
                        for name, (_, what, _) in BACKBONES.items()))
-    parser.add_argument('--sizes', nargs='+', type=parse_size,
+    parser.add_argument('--sizes', nargs='+', type=image_size,
                         default=[[224, 224], [512, 512], [800, 1344]],
                         metavar='HxW')
     parser.add_argument('--modes', nargs='+', default=['forward', 'train'],
@@ -221,7 +217,7 @@ def parse_args(argv=None):
     parser.add_argument('--precisions', nargs='+', default=['float32'],
                         choices=['float32', 'bfloat16', 'float16'],
                         help='anything but float32 runs under autocast')
-    parser.add_argument('--batch', type=int, default=1)
+    parser.add_argument('--batch', type=positive_int, default=1)
     parser.add_argument(
         '--compile', action='store_true',
         help='torch.compile each backbone (dynamic shapes) before timing it')
@@ -230,7 +226,7 @@ def parse_args(argv=None):
     parser.add_argument('--repeat', type=int, default=5)
     parser.add_argument(
         '--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--timeout', type=int, default=1800,
+    parser.add_argument('--timeout', type=positive_int, default=1800,
                         help='seconds allowed to one case')
     parser.add_argument(
         '--memory-limit-gb', type=float, default=default_memory_limit_gb(),
@@ -243,6 +239,10 @@ def parse_args(argv=None):
     if args.repeat < 1 or args.warmup < 0:
         parser.error('--repeat must be at least 1 and --warmup at least 0, '
                      f'not {args.repeat} and {args.warmup}')
+    if (torch.device(args.device).type == 'cuda'
+            and not torch.cuda.is_available()):
+        parser.error(f'--device {args.device}: torch sees no CUDA device '
+                     f'here (torch {torch.__version__}); use --device cpu')
     return args
 
 
@@ -298,8 +298,9 @@ def markdown(results, matmul):
             f'| {cell(share, ".0f")} | {cell(r.get("kernel_ops"), "d")} '
             f'| {note} |')
     for precision, m in matmul.items():
-        lines.append(f'\n{precision} matmul, 4096x4096x4096: '
-                     f'{m["gflop_per_s"]:.1f} GFLOP/s')
+        rate = (f'{m["gflop_per_s"]:.1f} GFLOP/s' if 'gflop_per_s' in m else
+                f'failed: {m.get("error")}')
+        lines.append(f'\n{precision} matmul, 4096x4096x4096: {rate}')
     return '\n'.join(lines)
 
 
@@ -347,6 +348,9 @@ def main(argv=None):
     with open(osp.join(args.out_dir, 'benchmark.md'), 'w') as f:
         f.write(table + '\n')
     print(table)
+    if all('error' in result for result in results):
+        raise SystemExit(f'every case failed, the first with: '
+                         f'{results[0]["error"]}')
 
 
 if __name__ == '__main__':

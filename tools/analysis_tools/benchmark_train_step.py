@@ -24,7 +24,7 @@ from mmengine.optim import build_optim_wrapper
 
 import mmcvt  # noqa: F401  registers CvT
 from mmcvt.analysis import (PeakMemory, build_random_model, config_from,
-                            median_latency)
+                            median_latency, positive_int)
 from mmcvt.engine import use_amp
 
 
@@ -35,9 +35,9 @@ def parse_args(argv=None):
         epilog=__doc__.split('\n\n', 2)[2])
     parser.add_argument('configs', nargs='+',
                         help='config files, or mmdet::/mmseg:: configs')
-    parser.add_argument('--shape', type=int, nargs=2, default=(800, 1333),
-                        metavar=('H', 'W'))
-    parser.add_argument('--batch', type=int, default=2)
+    parser.add_argument('--shape', type=positive_int, nargs=2,
+                        default=(800, 1333), metavar=('H', 'W'))
+    parser.add_argument('--batch', type=positive_int, default=2)
     parser.add_argument('--amp', action='store_true',
                         help='train as tools/train.py --amp does')
     parser.add_argument(
@@ -45,10 +45,13 @@ def parse_args(argv=None):
         help='build CvT backbones with compile=True (others are left as '
         'they are)')
     parser.add_argument('--warmup', type=int, default=2)
-    parser.add_argument('--iters', type=int, default=5)
+    parser.add_argument('--iters', type=positive_int, default=5)
     parser.add_argument(
         '--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.warmup < 0:
+        parser.error(f'--warmup must be at least 0, not {args.warmup}')
+    return args
 
 
 def synthetic_batch(scope, batch, height, width, num_classes):

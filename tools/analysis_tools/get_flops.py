@@ -17,7 +17,8 @@ import torch
 from mmengine.config import DictAction
 
 import mmcvt  # noqa: F401  registers CvT
-from mmcvt.analysis import build_random_model, config_from, count_flops
+from mmcvt.analysis import (build_random_model, config_from, count_flops,
+                            positive_int)
 
 # (height, width) each library's model zoo counts at
 ZOO_SHAPES = {'mmdet': (1280, 800), 'mmseg': (512, 512)}
@@ -31,7 +32,7 @@ def parse_args(argv=None):
     parser.add_argument(
         'config', help='a config file, or mmdet::/mmseg:: and a config path')
     parser.add_argument(
-        '--shape', type=int, nargs=2, metavar=('H', 'W'),
+        '--shape', type=positive_int, nargs=2, metavar=('H', 'W'),
         help='input size; by default the model zoo\'s for the config\'s '
         f'library: {ZOO_SHAPES}')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)

@@ -7,6 +7,7 @@ the ground truth beside each, through the config's own visualizer
 import argparse
 import inspect
 import math
+import os
 import os.path as osp
 import tempfile
 
@@ -21,6 +22,10 @@ from mmengine.runner import load_checkpoint
 import mmcvt  # noqa: F401  registers CvT and the hooks
 from mmcvt.engine import explain_checkpoint_mismatch
 from mmcvt.fileio import install_checkpoint_loaders
+
+# what mmcv.imwrite (OpenCV) writes, told by the extension
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff',
+                    '.webp')
 
 
 def parse_args(argv=None):
@@ -40,7 +45,22 @@ def parse_args(argv=None):
     parser.add_argument('--columns', type=int, default=2,
                         help='image pairs per row of the grid')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # checked before the model runs, not when the drawing is written
+    if args.num < 1:
+        parser.error(f'--num must be at least 1, not {args.num}')
+    if args.columns < 1:
+        parser.error(f'--columns must be at least 1, not {args.columns}')
+    if not 0 <= args.pred_score_thr <= 1:
+        parser.error(f'--pred-score-thr is a score between 0 and 1, not '
+                     f'{args.pred_score_thr}')
+    if osp.isdir(args.out) or args.out.endswith(('/', os.sep)):
+        parser.error(f'--out {args.out} is a directory: name the PNG file '
+                     f'to write')
+    if osp.splitext(args.out)[1].lower() not in IMAGE_EXTENSIONS:
+        parser.error(f'--out {args.out}: name an image file, one of '
+                     f'{", ".join(IMAGE_EXTENSIONS)}')
+    return args
 
 
 def tile(images, columns):
@@ -58,7 +78,19 @@ def tile(images, columns):
 def predict(cfg, checkpoint, num):
     """The first ``num`` test samples, or all if there are fewer, with their
     predictions."""
-    dataset = DATASETS.build(cfg.test_dataloader.dataset)
+    # not serialised into one array, which fails on an empty data set with
+    # numpy's "need at least one array to concatenate"; the serialisation
+    # is for dataloader workers, which this tool has none of
+    dataset = DATASETS.build(
+        dict(cfg.test_dataloader.dataset, serialize_data=False))
+    if len(dataset) == 0:
+        data = cfg.test_dataloader.dataset
+        raise ValueError(
+            f'the test set of {cfg.filename} is empty: {data.type} found no '
+            f'image in data_root={data.get("data_root")!r} with '
+            f'ann_file={data.get("ann_file")!r} and '
+            f'data_prefix={data.get("data_prefix")!r}. Point it at the '
+            f'data with --cfg-options test_dataloader.dataset.data_root=...')
     model = MODELS.build(cfg.model)
     with explain_checkpoint_mismatch(checkpoint):
         load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
