@@ -228,3 +228,99 @@ def test_a_directory_without_runs_is_skipped_with_a_message(
 def test_no_run_at_all_is_an_error(tmp_path):
     with pytest.raises(SystemExit, match='no run found'):
         gather_results.main([str(tmp_path), '--skip-flops'])
+
+
+# ---- after a killed run -----------------------------------------------------
+def copy_of(work_dir, tmp_path):
+    """A copy, named as the config, to spoil as a killed run would."""
+    return shutil.copytree(work_dir, tmp_path / 'maskrcnn_cvt13_shapes')
+
+
+def add_later_test_run(work_dir, metrics_text):
+    """A copy of the work dir's test run, as the Runner would name one
+    started later, whose metrics file holds ``metrics_text``."""
+    run, = [p for p in work_dir.iterdir() if (p / f'{p.name}.json').is_file()]
+    later = work_dir / '29991231_235959'
+    shutil.copytree(run, later)
+    (later / f'{run.name}.json').rename(later / f'{later.name}.json')
+    (later / f'{later.name}.json').write_text(metrics_text)
+    return later / f'{later.name}.json'
+
+
+@pytest.mark.parametrize('metrics_text', ['{"coco/bbox_mAP": 0.5, "coco/se',
+                                          '{}'])
+def test_a_later_test_run_cut_short_or_without_metrics_leaves_the_ap(
+        detection_run, tmp_path, capsys, metrics_text):
+    work_dir, reported = detection_run
+    copy = copy_of(work_dir, tmp_path)
+    spoiled = add_later_test_run(copy, metrics_text)
+    rows, _ = gather(tmp_path, copy)
+    assert rows['maskrcnn_cvt13_shapes.py'][0] == str(
+        round(reported['coco/bbox_mAP'] * 100, 1))
+    assert f'warning: {spoiled}' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('value', ['"oops"', 'NaN'])
+def test_a_metric_that_is_no_number_is_flagged_not_tabulated(
+        detection_run, tmp_path, capsys, value):
+    work_dir, reported = detection_run
+    copy = copy_of(work_dir, tmp_path)
+    metrics = add_later_test_run(
+        copy, f'{{"coco/bbox_mAP": {value}, "coco/segm_mAP": 0.25}}')
+    rows, models = gather(tmp_path, copy)
+    box, mask, *_ = rows['maskrcnn_cvt13_shapes.py']
+    assert box.startswith('invalid: ') and mask == '25.0'
+    results = models['maskrcnn_cvt13_shapes']['Results']
+    assert [r['Metrics'] for r in results] == [{'mask AP': 25.0}]
+    assert f'warning: {metrics}: coco/bbox_mAP is' in capsys.readouterr().err
+
+
+def memory_lines(scalars, memories):
+    train_line = next(json.loads(line)
+                      for line in scalars.read_text().splitlines()
+                      if 'loss' in line)
+    return ''.join(json.dumps(dict(train_line, memory=memory, step=step)) +
+                   '\n' for step, memory in enumerate(memories, start=1))
+
+
+def test_a_scalars_json_cut_off_mid_line_is_read_but_its_last_line(
+        detection_run, tmp_path, capsys):
+    copy = copy_of(detection_run[0], tmp_path)
+    scalars, = copy.glob('*/vis_data/scalars.json')
+    scalars.write_text(memory_lines(scalars, [3000, 4096]) +
+                       '{"memory": 9000, "lo')
+    rows, _ = gather(tmp_path, copy)
+    assert rows['maskrcnn_cvt13_shapes.py'][4] == '4.0 GB'
+    assert (f'warning: {scalars}: the last line, 3, is cut off'
+            in capsys.readouterr().err)
+
+
+def test_a_bad_line_inside_scalars_json_is_an_error_naming_it(
+        detection_run, tmp_path):
+    copy = copy_of(detection_run[0], tmp_path)
+    scalars, = copy.glob('*/vis_data/scalars.json')
+    lines = memory_lines(scalars, [3000, 4096]).splitlines()
+    scalars.write_text(f'{lines[0]}\n{{"memory": 9\n{lines[1]}\n')
+    with pytest.raises(ValueError,
+                       match=f'{scalars}, line 2, is not valid JSON'):
+        gather(tmp_path, copy)
+
+
+def test_runs_without_their_config_are_named_with_that_reason(
+        detection_run, tmp_path, capsys):
+    copy = copy_of(detection_run[0], tmp_path)
+    for config in copy.glob('*/vis_data/config.py'):
+        config.unlink()
+    with pytest.raises(SystemExit, match='no run found'):
+        gather(tmp_path, copy)
+    err = capsys.readouterr().err
+    assert 'no vis_data/config.py' in err
+    assert 'scalars.json' not in err
+
+
+def test_an_out_dir_that_is_a_file_is_an_error_before_any_work(
+        detection_run, tmp_path):
+    out = tmp_path / 'results'
+    out.write_text('')
+    with pytest.raises(SystemExit, match=f'--out-dir {out} is a file'):
+        gather_results.main([str(detection_run[0]), '--out-dir', str(out)])

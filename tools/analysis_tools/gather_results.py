@@ -21,14 +21,22 @@ Params and FLOPs are counted from the config as tools/analysis_tools/
 get_flops.py counts them, unless ``--skip-flops``. mmdet configs go to the
 COCO table, mmseg configs to the ADE20K table. What a work dir does not
 hold is "not measured" in the tables and absent from the metafile; a
-directory with no run in it is skipped with a message.
+directory with no run in it is skipped with a message that says why.
+
+After a killed run: a test run whose metrics file is cut short or holds no
+metrics is passed over, with a warning, for the latest complete one; the
+last line of a scalars.json cut off mid-line is skipped with a warning. A
+metric that is no finite number (NaN, a string) is flagged in its cell and
+left out of the metafile. Every error names the file it is about.
 
 It writes ``results.md`` (the tables) and ``metafile.yml`` into --out-dir.
 """
 import argparse
 import copy
+import functools
 import importlib.util
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -56,9 +64,36 @@ class NotARun(Exception):
     """A directory that holds no run of tools/train.py or tools/test.py."""
 
 
+def warn(message):
+    print(f'warning: {message}', file=sys.stderr)
+
+
+def read_json(path):
+    """A JSON file, or an error that names it."""
+    try:
+        return json.loads(path.read_text())
+    except ValueError as error:
+        raise ValueError(f'{path} is not valid JSON: {error}') from None
+
+
 def read_json_lines(path):
-    return [json.loads(line) for line in path.read_text().splitlines()
-            if line.strip()]
+    """The records of a file of one JSON object per line, as the Runner's
+    LocalVisBackend appends them. A run killed while writing leaves its last
+    line cut off: that one is skipped with a warning; a bad line before the
+    last is an error naming the file and the line."""
+    lines = [(number, line) for number, line in enumerate(
+        path.read_text().splitlines(), start=1) if line.strip()]
+    records = []
+    for number, line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError as error:
+            if number != lines[-1][0]:
+                raise ValueError(f'{path}, line {number}, is not valid JSON: '
+                                 f'{error}') from None
+            warn(f'{path}: the last line, {number}, is cut off (a run '
+                 f'killed while writing it?); skipped')
+    return records
 
 
 class WorkDir:
@@ -69,25 +104,26 @@ class WorkDir:
         if not self.path.is_dir():
             raise NotARun(f'{self.path} is not a directory')
         self.train_runs, self.test_runs = [], []
+        left_out = []
         for run in sorted(p for p in self.path.iterdir()
                           if TIMESTAMP.fullmatch(p.name)):
             if not (run / 'vis_data' / 'config.py').is_file():
-                print(f'{run}: left out, no vis_data/config.py (a run '
-                      f'without mmengine\'s LocalVisBackend?)',
-                      file=sys.stderr)
+                left_out.append(f'{run}: no vis_data/config.py (a run '
+                                f'without mmengine\'s LocalVisBackend?)')
             elif (run / 'vis_data' / 'scalars.json').is_file():
                 self.train_runs.append(run)
             elif (run / f'{run.name}.json').is_file():
                 self.test_runs.append(run)
             else:
-                print(f'{run}: left out, neither training scalars nor test '
-                      f'metrics (a run that stopped early?)',
-                      file=sys.stderr)
+                left_out.append(f'{run}: neither training scalars nor test '
+                                f'metrics (a run that stopped early?)')
+        for reason in left_out:
+            print(f'left out: {reason}', file=sys.stderr)
         if not self.train_runs + self.test_runs:
-            raise NotARun(f'{self.path} holds no finished run of '
-                          f'tools/train.py or tools/test.py (no '
-                          f'<timestamp>/vis_data/scalars.json nor '
-                          f'<timestamp>/<timestamp>.json)')
+            raise NotARun(
+                f'{self.path} holds no finished run of tools/train.py or '
+                f'tools/test.py: ' + ('; '.join(left_out) if left_out else
+                                      'no <timestamp>/ directory of one'))
         dumped = [p.stem for p in self.path.glob('*.py')
                   if not TIMESTAMP.fullmatch(p.stem)]
         if len(dumped) != 1:
@@ -102,8 +138,12 @@ class WorkDir:
 
     @staticmethod
     def run_config(run):
-        return Config.fromfile(run / 'vis_data' / 'config.py',
-                               import_custom_modules=False)
+        path = run / 'vis_data' / 'config.py'
+        try:
+            return Config.fromfile(path, import_custom_modules=False)
+        except Exception as error:
+            raise ValueError(f'{path} cannot be read as a config: '
+                             f'{error}') from None
 
     @property
     def config_path(self):
@@ -116,14 +156,28 @@ class WorkDir:
     def scope(self):
         return self.cfg.get('default_scope')
 
+    @functools.cache
     def latest_test(self, tta):
-        """Metrics and config of the latest test run with or without TTA."""
+        """Metrics, config and metrics file of the latest complete test run
+        with or without TTA; a run whose metrics file is empty or cut short
+        (killed, or an evaluation that gave nothing) is passed over with a
+        warning."""
         for run in reversed(self.test_runs):
             cfg = self.run_config(run)
-            if cfg.model.type.endswith('TTAModel') == tta:
-                metrics = json.loads((run / f'{run.name}.json').read_text())
-                return metrics, cfg
-        return None, None
+            if cfg.model.type.endswith('TTAModel') != tta:
+                continue
+            path = run / f'{run.name}.json'
+            try:
+                metrics = read_json(path)
+            except ValueError as error:
+                warn(f'{error}; an earlier test run counts')
+                continue
+            if not isinstance(metrics, dict) or not metrics:
+                warn(f'{path} holds no metrics ({metrics!r}); an earlier '
+                     f'test run counts')
+                continue
+            return metrics, cfg, path
+        return None, None, None
 
     @property
     def peak_memory_mb(self):
@@ -143,7 +197,7 @@ class WorkDir:
     @property
     def weights(self):
         """The checkpoint tested, or else the last one saved."""
-        _, cfg = self.latest_test(tta=False)
+        _, cfg, _ = self.latest_test(tta=False)
         if cfg is not None and cfg.get('load_from'):
             return cfg.load_from
         last = self.path / 'last_checkpoint'
@@ -167,36 +221,55 @@ class WorkDir:
 
 
 # ---- the metrics of each table ----------------------------------------------
-def reported(metrics, key, scale=1., digits=1):
-    """A test run's metric as the model zoos round it; None where the run,
-    or the metric in it, is missing."""
+class Invalid:
+    """A metric that a test run reported but that is no number to tabulate
+    (NaN, a string): its cell says so, and the metafile leaves it out."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __str__(self):
+        return f'invalid: {str(self.value)[:20]!r}'
+
+
+def reported(test, key, scale=1., digits=1):
+    """A test run's metric (``test``: what WorkDir.latest_test returns) as
+    the model zoos round it; None where the run, or the metric in it, is
+    missing, and :class:`Invalid` with a warning where it is no finite
+    number."""
+    metrics, _, path = test
     if metrics is None or key not in metrics:
         return None
-    return round(metrics[key] * scale, digits)
+    value = metrics[key]
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value)):
+        warn(f'{path}: {key} is {value!r}, not a number: flagged in the '
+             f'table, left out of the metafile')
+        return Invalid(value)
+    return round(value * scale, digits)
 
 
 def coco_metrics(work_dir):
     """{(task, metric): AP in %, as the model zoo's columns}."""
-    metrics, _ = work_dir.latest_test(tta=False)
+    test = work_dir.latest_test(tta=False)
     evaluated = work_dir.cfg.test_evaluator.get('metric', 'bbox')
     return {
         ('Object Detection', 'box AP'):
-        reported(metrics, 'coco/bbox_mAP', scale=100),
+        reported(test, 'coco/bbox_mAP', scale=100),
         ('Instance Segmentation', 'mask AP'):
-        (reported(metrics, 'coco/segm_mAP', scale=100)
+        (reported(test, 'coco/segm_mAP', scale=100)
          if 'segm' in evaluated else NOT_APPLICABLE),
     }
 
 
 def ade_metrics(work_dir):
     """{(task, metric): mIoU in %, which mmseg reports in %}."""
-    single_scale, _ = work_dir.latest_test(tta=False)
-    multi_scale_flip, _ = work_dir.latest_test(tta=True)
     task = 'Semantic Segmentation'
     return {
-        (task, 'mIoU'): reported(single_scale, 'mIoU', digits=2),
-        (task, 'mIoU(ms+flip)'): reported(multi_scale_flip, 'mIoU',
-                                          digits=2),
+        (task, 'mIoU'): reported(work_dir.latest_test(tta=False), 'mIoU',
+                                 digits=2),
+        (task, 'mIoU(ms+flip)'): reported(work_dir.latest_test(tta=True),
+                                          'mIoU', digits=2),
     }
 
 
@@ -247,7 +320,7 @@ def gather(work_dir, count_complexity):
             dict(Task=task, Dataset=work_dir.dataset,
                  Metrics={metric: value})
             for (task, metric), value in metrics.items()
-            if value not in (None, NOT_APPLICABLE)
+            if isinstance(value, (int, float))
         ],
     }
     if work_dir.weights:
@@ -290,6 +363,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    out_dir = Path(args.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():  # before any work
+        raise SystemExit(f'--out-dir {out_dir} is a file: name a directory '
+                         f'to write results.md and metafile.yml into')
     count_complexity = (None if args.skip_flops else
                         load_get_flops().complexity)
     rows = {scope: [] for scope in TABLES}
@@ -314,7 +391,6 @@ def main(argv=None):
         f'{TABLES[scope]["title"]}\n\n'
         f'{markdown_table(TABLES[scope]["header"], scope_rows)}'
         for scope, scope_rows in rows.items() if scope_rows)
-    out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / 'results.md').write_text(tables + '\n')
     with open(out_dir / 'metafile.yml', 'w') as f:
