@@ -10,8 +10,8 @@ import argparse
 
 import mmcvt  # noqa: F401  registers CvT and the hooks
 from mmcvt.engine import (add_runner_arguments, build_runner,
-                          check_data_paths, cpu_distributed, load_config,
-                          use_amp)
+                          check_data_paths, cpu_distributed, hold_work_dir,
+                          load_config, use_amp)
 
 
 def parse_args(argv=None):
@@ -54,8 +54,12 @@ def build_config(args):
 def main(argv=None):
     cfg = build_config(parse_args(argv))
     check_data_paths(cfg, ('train', 'val'))
-    with cpu_distributed(cfg):
-        build_runner(cfg).train()
+    # held before the Runner writes anything into the work dir
+    with cpu_distributed(cfg), hold_work_dir(cfg) as taken_over:
+        runner = build_runner(cfg)
+        if taken_over:
+            runner.logger.warning(taken_over)
+        runner.train()
 
 
 if __name__ == '__main__':
