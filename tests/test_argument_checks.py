@@ -153,3 +153,14 @@ def test_an_annotation_json_cut_short_is_an_error_naming_it(tmp_path):
                          '--cfg-options', *options,
                          f'val_evaluator.ann_file={annotations}'])
     assert not (tmp_path / 'work').exists()
+
+
+def test_a_large_annotation_json_is_checked_at_its_ends(tmp_path,
+                                                        monkeypatch):
+    from mmcvt.engine import runner_setup
+    monkeypatch.setattr(runner_setup, '_JSON_PARSED_UP_TO', 16)  # bytes
+    path = tmp_path / 'large.json'
+    path.write_text('{"images": [{"id": 1}, {"id": 2}]}\n')
+    assert runner_setup.json_file_problem(str(path)) is None
+    path.write_text('{"images": [{"id": 1}, {"id": 2}')
+    assert 'starts with' in runner_setup.json_file_problem(str(path))
