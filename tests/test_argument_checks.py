@@ -162,5 +162,7 @@ def test_a_large_annotation_json_is_checked_at_its_ends(tmp_path,
     path = tmp_path / 'large.json'
     path.write_text('{"images": [{"id": 1}, {"id": 2}]}\n')
     assert runner_setup.json_file_problem(str(path)) is None
-    path.write_text('{"images": [{"id": 1}, {"id": 2}')
-    assert 'starts with' in runner_setup.json_file_problem(str(path))
+    path.write_text('{"images": [{"id": 1}, {"id": 2')
+    assert runner_setup.json_file_problem(str(path)) == (
+        "it is not a whole JSON document: it starts with b'{' and ends with "
+        "b'2' (31 bytes: cut short?)")
