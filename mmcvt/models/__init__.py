@@ -1,3 +1,4 @@
 from .backbones import CvT, QuickGELU, parse_arch
+from .necks import ExtraLevels
 
-__all__ = ['CvT', 'QuickGELU', 'parse_arch']
+__all__ = ['CvT', 'ExtraLevels', 'QuickGELU', 'parse_arch']

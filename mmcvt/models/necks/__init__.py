@@ -1,0 +1,3 @@
+from .extra_levels import ExtraLevels
+
+__all__ = ['ExtraLevels']
