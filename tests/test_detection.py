@@ -28,6 +28,11 @@ COCO_CONFIGS = [
     'configs/cascade-maskrcnn_cvt13_ms-3x_coco.py',
     'configs/retinanet_cvt13_coco.py',
 ]
+# their steps and the rest: tests/test_dense_prediction_heads.py
+DINO_MASK2FORMER_CONFIGS = [
+    'configs/dino-4scale_cvt13_coco.py',
+    'configs/mask2former_cvt13_coco.py',
+]
 
 
 @pytest.fixture(scope='module')
@@ -83,7 +88,7 @@ def test_a_config_builds_and_takes_a_finite_training_step(path, shapes):
     assert losses and all(torch.isfinite(v) for v in losses.values())
 
 
-@pytest.mark.parametrize('path', COCO_CONFIGS)
+@pytest.mark.parametrize('path', COCO_CONFIGS + DINO_MASK2FORMER_CONFIGS)
 def test_coco_train_pipelines_run_on_an_image(path, shapes):
     cfg = load_repo_config(path)
     dataset = DATASETS.build(

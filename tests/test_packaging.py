@@ -100,6 +100,8 @@ def test_the_sdist_carries_the_configs_and_requirements(sdist):
     assert {'configs/maskrcnn_cvt13_coco.py',
             'configs/_base_/cvt13_detection.py',
             'configs/demo/upernet_cvt13_shapes.py',
+            'configs/_base_/cvt_four_levels.py',
+            'configs/semfpn_cvt21_ade20k.py',
             'requirements/mmcv.txt', 'requirements/runtime.txt'} <= names
 
 
@@ -142,6 +144,30 @@ def test_a_config_outside_the_repo_inherits_a_packaged_one(
     assert loaded['mmcvt'].startswith(str(root / 'venv'))
     assert (loaded['detector'], loaded['backbone']) == ('CascadeRCNN', 'CvT')
     assert loaded['drop_path_rate'] == 0.3
+
+
+def test_a_packaged_config_with_an_extra_levels_neck_builds_its_model(
+        wheel_env, printed_config_paths):
+    python, root = wheel_env
+    config, = [path for path in printed_config_paths
+               if path.endswith('/semfpn_cvt21_ade20k.py')]
+    built = json.loads(run(python, '-c', textwrap.dedent('''\
+        import json, sys
+        from mmengine.config import Config
+        from mmengine.registry import MODELS, init_default_scope
+        cfg = Config.fromfile(sys.argv[1])  # imports mmcvt: custom_imports
+        init_default_scope(cfg.default_scope)
+        cfg.model.backbone.init_cfg = None
+        model = MODELS.build(cfg.model)
+        print(json.dumps(dict(
+            necks=[type(model.neck).__module__,
+                   type(model.neck.neck).__module__],
+            last_stage_blocks=len(model.backbone.stages[2].blocks))))
+        '''), config, cwd=root))
+    # ExtraLevels, and inside it the recipe's FPN, in the config's scope
+    assert [module.split('.')[:2] for module in built['necks']] == [
+        ['mmcvt', 'models'], ['mmseg', 'models']]
+    assert built['last_stage_blocks'] == 16  # CvT-21's, not CvT-13's 10
 
 
 def test_an_editable_install_links_the_checkouts_configs(source,
