@@ -92,10 +92,16 @@ def synthetic_batch(scope, batch, height, width, num_classes):
 
 
 def num_classes_of(model):
-    head = getattr(model, 'roi_head', None)
-    if head is not None:
-        return head.bbox_head.num_classes
-    return model.decode_head.num_classes
+    roi_head = getattr(model, 'roi_head', None)
+    if roi_head is not None:
+        return roi_head.bbox_head.num_classes
+    # RetinaNet's and DINO's bbox_head, Mask2Former's panoptic_head (things
+    # and stuff), a segmentor's decode_head
+    for name in ('bbox_head', 'panoptic_head', 'decode_head'):
+        if hasattr(model, name):
+            return getattr(model, name).num_classes
+    raise ValueError(f'{type(model).__name__}: no head that says its number '
+                     f'of classes, to draw random labels from')
 
 
 def benchmark(config, args):

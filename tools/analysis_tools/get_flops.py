@@ -12,6 +12,7 @@ out elementwise work. The model has random weights, and the image is
 random, which only changes how many proposals a detector keeps.
 """
 import argparse
+import inspect
 
 import torch
 from mmengine.config import DictAction
@@ -49,7 +50,20 @@ def tensor_mode_inputs(scope, height, width):
     if scope == 'mmdet':
         from mmdet.structures import DetDataSample
         return image, [DetDataSample(metainfo=meta)]
-    return image, None
+    from mmseg.structures import SegDataSample
+    return image, [SegDataSample(metainfo=meta)]
+
+
+def run_tensor_mode(model, image, data_samples):
+    """The model's forward in 'tensor' mode. MMSegmentation's
+    EncoderDecoder runs its decode head there without the data samples,
+    which Mask2Former's head needs: such a head runs as tensor mode would
+    run it, on the backbone's (and neck's) features, with them."""
+    head = getattr(model, 'decode_head', None)
+    if head is not None and 'batch_data_samples' in inspect.signature(
+            head.forward).parameters:
+        return head(model.extract_feat(image), data_samples)
+    return model(image, data_samples, mode='tensor')
 
 
 def complexity(cfg, shape=None):
@@ -62,7 +76,7 @@ def complexity(cfg, shape=None):
     model = build_random_model(cfg).eval()  # weights do not change the count
     image, data_samples = tensor_mode_inputs(scope, height, width)
     with torch.no_grad():
-        flops, _ = count_flops(model, image, data_samples, mode='tensor')
+        flops, _ = count_flops(run_tensor_mode, model, image, data_samples)
     return dict(
         shape=(height, width),
         params=sum(p.numel() for p in model.parameters()),
