@@ -7,8 +7,10 @@ from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
 # Where OpenMMLab packages keep the files they ship besides their modules
-# (mmdet/.mim/configs and the like), relative to the package.
-MIM_CONFIGS = Path('.mim') / 'configs'
+# (mmdet/.mim/configs, mmdet/.mim/tools), relative to the package; mim
+# (`mim train mmcvt CONFIG`, `mim test`) runs the tools from there.
+MIM = Path('.mim')
+MIM_DIRS = ('configs', 'tools')
 
 
 def read_requirements(name):
@@ -20,26 +22,29 @@ def read_requirements(name):
 
 
 class BuildPyWithConfigs(build_py):
-    """Ships configs/ inside the package, as mmcvt/.mim/configs.
+    """Ships configs/ and tools/ inside the package, as mmcvt/.mim/configs
+    and mmcvt/.mim/tools.
 
-    A wheel gets a copy, made in the build directory so that the checkout is
-    left as it is. An editable install gets a link in the checkout,
-    mmcvt/.mim/configs -> ../../configs (git ignores it), so that an edited
-    config is seen without reinstalling; mmcvt.config_paths reads both.
+    A wheel gets copies, made in the build directory so that the checkout
+    is left as it is. An editable install gets links in the checkout,
+    mmcvt/.mim/configs -> ../../configs and the same for tools (git ignores
+    them), so that an edited config or tool is seen without reinstalling;
+    mmcvt.config_paths reads both.
     """
 
     def run(self):
         super().run()
-        if self.editable_mode:
-            link = HERE / 'mmcvt' / MIM_CONFIGS
-            if not link.is_symlink():
-                link.parent.mkdir(exist_ok=True)
-                link.symlink_to(os.path.relpath(HERE / 'configs', link.parent))
-        else:
-            copy = Path(self.build_lib) / 'mmcvt' / MIM_CONFIGS
-            shutil.rmtree(copy, ignore_errors=True)  # configs since removed
-            shutil.copytree(HERE / 'configs', copy,
-                            ignore=shutil.ignore_patterns('__pycache__'))
+        for name in MIM_DIRS:
+            if self.editable_mode:
+                link = HERE / 'mmcvt' / MIM / name
+                if not link.is_symlink():
+                    link.parent.mkdir(exist_ok=True)
+                    link.symlink_to(os.path.relpath(HERE / name, link.parent))
+            else:
+                copy = Path(self.build_lib) / 'mmcvt' / MIM / name
+                shutil.rmtree(copy, ignore_errors=True)  # files since removed
+                shutil.copytree(HERE / name, copy,
+                                ignore=shutil.ignore_patterns('__pycache__'))
 
 
 version = {}
@@ -62,6 +67,8 @@ setup(
     install_requires=read_requirements('mmcv') + read_requirements('runtime'),
     extras_require={
         'tests': read_requirements('tests'),
+        # tools/deployment/export_onnx.py
+        'onnx': read_requirements('onnx'),
         'torch': [f'torch>={version["TORCH_MINIMUM"]}'],
     },
     cmdclass={'build_py': BuildPyWithConfigs},

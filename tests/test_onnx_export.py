@@ -1,0 +1,198 @@
+"""ONNX export (tools/deployment/export_onnx.py, mmcvt.deployment): a whole
+segmentor from a raw image to logits, a detector's backbone and neck, with
+dynamic batch, height and width, checked in onnxruntime at sizes the export
+did not see, non-square ones included.
+
+The bound: the graph computes in fp32 what PyTorch computes in fp32, in
+another order, so that the relative error stays near fp32's rounding;
+measured 2e-7 to 8e-7 on these models. A wrong bin, a wrong channel order or
+a size fixed at export gives errors of 1e-2 and more."""
+import contextlib
+import io
+import re
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn as nn
+from mmengine.config import Config
+from mmengine.registry import MODELS, init_default_scope
+from mmengine.runner import load_checkpoint
+
+from mmcvt.deployment.onnx_export import (AdaptiveAvgPool2dAsMatmul,
+                                          export_onnx, onnxruntime_session,
+                                          raw_image_module, verify)
+from .tiny_models import save_checkpoint, write_tiny_config
+from .utils import REPO, load_tool
+
+export_tool = load_tool('deployment/export_onnx.py')
+
+FP32_BOUND = 1e-5
+EXPORT_SIZE = (64, 96)
+UNSEEN = ['1x3x96x160', '2x3x160x96']  # neither the export size nor square
+
+
+def run_tool(*args):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = export_tool.main([str(a) for a in args])
+    return status, out.getvalue()
+
+
+def printed_errors(printed):
+    return {
+        shape: float(error)
+        for shape, error in re.findall(r'^  (\d+x3x\d+x\d+): (\S+)$', printed,
+                                       re.M)
+    }
+
+
+def dynamic_axes(value_info):
+    return [dim.dim_param for dim in value_info.type.tensor_type.shape.dim]
+
+
+def built(config, checkpoint):
+    cfg = Config.fromfile(config)
+    init_default_scope(cfg.default_scope)
+    model = MODELS.build(cfg.model)
+    load_checkpoint(model, str(checkpoint), map_location='cpu', strict=True)
+    return model.eval()
+
+
+@pytest.fixture(scope='module')
+def upernet(tmp_path_factory):
+    """A tiny UperNet (its PPM pools adaptively) exported whole by the tool,
+    with --verify at unseen sizes."""
+    root = tmp_path_factory.mktemp('upernet')
+    config = write_tiny_config('upernet', root)
+    checkpoint = save_checkpoint(config, root / 'upernet.pth')
+    path = root / 'upernet.onnx'
+    status, printed = run_tool(config, checkpoint, '--out', path, '--shape',
+                               *EXPORT_SIZE, '--verify', '--verify-shapes',
+                               *UNSEEN)
+    return dict(
+        path=str(path),
+        status=status,
+        printed=printed,
+        model=built(config, checkpoint))
+
+
+@pytest.fixture(scope='module')
+def detector(tmp_path_factory):
+    """A tiny Mask R-CNN exported by the tool with its default part."""
+    root = tmp_path_factory.mktemp('maskrcnn')
+    config = write_tiny_config('maskrcnn', root)
+    checkpoint = save_checkpoint(config, root / 'maskrcnn.pth')
+    path = root / 'maskrcnn.onnx'
+    status, printed = run_tool(config, checkpoint, '--out', path, '--shape',
+                               *EXPORT_SIZE, '--verify', '--verify-shapes',
+                               *UNSEEN)
+    return dict(path=str(path), status=status, printed=printed)
+
+
+def test_a_whole_upernet_verifies_at_unseen_non_square_sizes(upernet):
+    assert upernet['status'] == 0, upernet['printed']
+    errors = printed_errors(upernet['printed'])
+    assert set(errors) == set(UNSEEN)
+    assert max(errors.values()) < FP32_BOUND
+
+
+def test_the_upernet_graph_gives_mmsegs_logits_for_uint8_images(upernet):
+    """The graph against MMSegmentation's own inference: its data
+    preprocessor on BGR uint8 images, then EncoderDecoder.predict."""
+    from mmseg.structures import SegDataSample
+    model = upernet['model']
+    generator = torch.Generator().manual_seed(1)
+    rgb = torch.randint(
+        0, 256, (2, 3, 120, 72), generator=generator, dtype=torch.uint8)
+    meta = dict(img_shape=(120, 72), ori_shape=(120, 72))
+    with torch.no_grad():
+        data = model.data_preprocessor(
+            dict(
+                inputs=list(rgb.flip(1)),  # loaded images are BGR
+                data_samples=[SegDataSample(metainfo=meta) for _ in rgb]))
+        samples = model.predict(data['inputs'], data['data_samples'])
+    reference = torch.stack([s.seg_logits.data for s in samples])
+    session = onnxruntime_session(upernet['path'])
+    logits, = session.run(None, {'image': rgb.float().numpy()})
+    error = (torch.from_numpy(logits) - reference).norm() / reference.norm()
+    assert error < FP32_BOUND
+
+
+def test_batch_height_and_width_are_dynamic_in_the_graph(upernet):
+    graph = onnx.load(upernet['path']).graph
+    image, = graph.input
+    assert dynamic_axes(image) == ['batch', '', 'height', 'width']
+    logits, = graph.output
+    assert logits.name == 'seg_logits'
+    assert all(dynamic_axes(logits)[i] for i in (0, 2, 3))
+
+
+@pytest.mark.parametrize('size', [(7, 5), (6, 6), (3, 2), (1, 13)])
+def test_adaptive_pooling_as_matmul_pools_the_same_bins_as_torch(size):
+    x = torch.randn(2, 4, *size)
+    for output_size in (1, 2, 3, 6, (2, None)):
+        expected = nn.AdaptiveAvgPool2d(output_size)(x)
+        pooled = AdaptiveAvgPool2dAsMatmul(output_size)(x)
+        torch.testing.assert_close(pooled, expected)
+
+
+def test_mmsegs_upsample_exports_with_a_symbolic_size(tmp_path):
+    """Semantic FPN's heads upsample by mmseg's Upsample, which computes its
+    size with int(): exported as it is, the size of the example."""
+    from mmseg.models.utils import Upsample
+    module = nn.Sequential(
+        nn.Conv2d(3, 4, 3, stride=2, padding=1),
+        Upsample(scale_factor=2, mode='bilinear')).eval()
+    path = str(tmp_path / 'upsample.onnx')
+    export_onnx(module, path, example_shape=(2, 3, 32, 48))
+    errors = verify(path, module, [(1, 3, 48, 80), (2, 3, 72, 40)])
+    assert max(errors) < FP32_BOUND
+
+
+def test_a_detector_exports_its_backbone_and_neck_saying_why(detector):
+    assert detector['status'] == 0, detector['printed']
+    assert 'not exported: detectors\' heads run mmcv ops (RoIAlign, NMS' \
+        in detector['printed']
+    assert 'Exporting its backbone and neck instead' in detector['printed']
+    errors = printed_errors(detector['printed'])
+    assert set(errors) == set(UNSEEN)
+    assert max(errors.values()) < FP32_BOUND
+    graph = onnx.load(detector['path']).graph
+    # the FPN's 5 levels, strides 4 to 64
+    assert [o.name
+            for o in graph.output] == [f'features_{i}' for i in range(5)]
+
+
+def test_a_whole_detector_is_refused_naming_the_mmcv_ops(tmp_path):
+    config = write_tiny_config('maskrcnn', tmp_path)
+    model = built(config, save_checkpoint(config, tmp_path / 'm.pth'))
+    with pytest.raises(ValueError, match=r'RoIAlign, NMS.*--part neck'):
+        raw_image_module(model, 'model')
+
+
+def test_mask2former_is_exported_as_backbone_and_neck_naming_why(tmp_path):
+    cfg = Config.fromfile(REPO / 'configs/mask2former_cvt13_ade20k.py')
+    init_default_scope(cfg.default_scope)
+    cfg.model.backbone.init_cfg = None
+    model = MODELS.build(cfg.model)
+    with pytest.raises(
+            ValueError,
+            match=r'(?s)MultiScaleDeformableAttention.*--part '
+            r'neck'):
+        raw_image_module(model, 'model')
+
+
+def test_the_graph_normalises_like_the_data_preprocessor(upernet):
+    """RGB 0..255 in, the model's mean and std inside: a constant image of
+    the mean is the zero input."""
+    module = raw_image_module(upernet['model'], 'model')
+    mean = upernet['model'].data_preprocessor.mean.reshape(1, 3, 1, 1)
+    image = mean.expand(1, 3, 8, 8)
+    assert module.input(image).abs().max() < 1e-4
+    assert np.allclose(
+        module.input(image + 1).numpy(),
+        (1 / upernet['model'].data_preprocessor.std).expand(1, 3, 8,
+                                                            8).numpy(),
+        atol=1e-5)

@@ -1,0 +1,71 @@
+"""The demos' Mask R-CNN and UperNet with a TINY CvT and narrow heads, as
+config files that inherit the repository's demo configs, and checkpoints
+of them as the Runner saves them (with the data set's classes and
+palette): what the tests of the tools that run a model on images (infer,
+export, resolution sweep) take, at a fraction of a second an image."""
+import textwrap
+
+from .utils import REPO, TINY
+
+DEMO_CONFIGS = {
+    'maskrcnn': REPO / 'configs/demo/maskrcnn_cvt13_shapes.py',
+    'upernet': REPO / 'configs/demo/upernet_cvt13_shapes.py',
+}
+CHANNELS = TINY['embed_dims']
+# what each model changes of its demo config besides the backbone's arch
+HEADS = {
+    'maskrcnn':
+    f'neck=dict(in_channels={CHANNELS}, out_channels=32),\n'
+    'rpn_head=dict(in_channels=32, feat_channels=32),\n'
+    'roi_head=dict(\n'
+    '    bbox_roi_extractor=dict(out_channels=32),\n'
+    '    bbox_head=dict(in_channels=32, fc_out_channels=64),\n'
+    '    mask_roi_extractor=dict(out_channels=32),\n'
+    '    mask_head=dict(in_channels=32, conv_out_channels=32)),',
+    'upernet':
+    f'decode_head=dict(in_channels={CHANNELS}, channels=16),\n'
+    f'auxiliary_head=dict(in_channels={CHANNELS[-1]}, channels=8),',
+}
+
+
+def write_tiny_config(kind, directory, data_root=None):
+    """Writes ``tiny_<kind>.py`` into ``directory``; ``kind`` is 'maskrcnn'
+    or 'upernet'. ``data_root``: where its test data are."""
+    data = ''
+    if data_root is not None:
+        data = (f'test_dataloader = dict(dataset=dict(data_root='
+                f'{str(data_root) + "/"!r}))\n')
+        if kind == 'maskrcnn':
+            data += (f'test_evaluator = dict(ann_file='
+                     f'{str(data_root) + "/annotations/instances_val.json"!r})'
+                     '\n')
+    path = directory / f'tiny_{kind}.py'
+    path.write_text(
+        f'_base_ = {str(DEMO_CONFIGS[kind])!r}\n'
+        'model = dict(\n'
+        f'    backbone=dict(arch=dict(_delete_=True, **{TINY!r})),\n' +
+        textwrap.indent(HEADS[kind], '    ') + ')\n' + data)
+    return path
+
+
+def save_checkpoint(config, path, seed=0):
+    """Saves the freshly initialised model of ``config`` as a Runner would
+    save it: weights under ``state_dict``, the classes and palette under
+    ``meta.dataset_meta``."""
+    import torch
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, init_default_scope
+    cfg = Config.fromfile(config)
+    init_default_scope(cfg.default_scope)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = MODELS.build(cfg.model)
+        model.init_weights()
+    torch.save(
+        {
+            'state_dict': model.state_dict(),
+            'meta': {
+                'dataset_meta': dict(cfg.metainfo)
+            }
+        }, path)
+    return path
