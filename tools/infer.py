@@ -1,0 +1,333 @@
+"""Runs a detector or segmentor on your own images and videos, through
+MMDetection's DetInferencer or MMSegmentation's MMSegInferencer (the
+config's ``default_scope`` picks), and writes what it finds.
+
+    python tools/infer.py demo.jpg CONFIG --weights CHECKPOINT --out-dir out
+    python tools/infer.py images/ clip.mp4 CONFIG --weights CHECKPOINT \
+        --out-dir out --score-thr 0.5 --device cuda:0
+
+Inputs are image files, videos (run frame by frame) and folders, whose
+images and videos are taken in name order. For each input it writes into
+--out-dir:
+
+- vis/NAME: the predictions drawn on the image (a video: vis/STEM.mp4);
+- preds/STEM.json for a detector: ``labels``, ``label_names``, ``scores``,
+  ``bboxes`` (x1, y1, x2, y2 in the input's pixels) and, for instance
+  segmentation, ``masks`` as COCO RLE (pycocotools' ``{'size', 'counts'}``),
+  of the detections scored above --score-thr;
+- preds/STEM.png for a segmentor: the label map, one class index a pixel
+  (8-bit, or 16-bit beyond 256 classes);
+- for a video, preds/STEM/FRAME.json or .png, frame numbers from 000000.
+
+The checkpoint loads strictly, as in tools/test.py: one of another model is
+an error naming the keys that differ.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+import warnings
+
+import cv2
+import mmcv
+import mmengine
+import numpy as np
+from mmengine.config import Config, DictAction
+from mmengine.runner.checkpoint import _load_checkpoint_to_model
+from rich.progress import MofNCompleteColumn, Progress
+
+import mmcvt  # noqa: F401  registers CvT
+from mmcvt.engine import explain_checkpoint_mismatch
+from mmcvt.fileio import install_checkpoint_loaders
+
+# what OpenCV decodes, as MMDetection's inferencer lists them
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif',
+                    '.tiff', '.webp')
+VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v', '.mpg',
+                    '.mpeg', '.wmv')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split('\n\n', 1)[1])
+    parser.add_argument(
+        'inputs',
+        nargs='+',
+        help='image files, video files and folders of them')
+    parser.add_argument('config', help='the model\'s config file')
+    parser.add_argument(
+        '--weights',
+        required=True,
+        help='checkpoint, loaded strictly: one that does not fit the '
+        'config\'s model is an error naming the keys that differ')
+    parser.add_argument(
+        '--out-dir',
+        required=True,
+        help='folder to write vis/ and preds/ into')
+    parser.add_argument(
+        '--score-thr',
+        type=float,
+        help='detection: keep (draw and write) the detections scored above '
+        'this (default 0.3, as MMDetection\'s inferencer draws)')
+    parser.add_argument(
+        '--device',
+        help='e.g. cpu or cuda:0 (default: cuda:0 if there is '
+        'a GPU, else the CPU)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    args = parser.parse_args(argv)
+    if args.score_thr is not None and not 0 <= args.score_thr <= 1:
+        parser.error(f'--score-thr is a score between 0 and 1, not '
+                     f'{args.score_thr}')
+    return args
+
+
+def is_video(path):
+    return path.lower().endswith(VIDEO_EXTENSIONS)
+
+
+def collect_inputs(inputs):
+    """The image and video files that ``inputs`` name, folders expanded (not
+    recursively) in name order. Checked before any model is built: a
+    missing path, a file of another kind, an empty folder, and two inputs
+    whose outputs would have the same name are errors."""
+    files = []
+    for path in inputs:
+        if osp.isdir(path):
+            found = sorted(
+                osp.join(path, name) for name in os.listdir(path)
+                if name.lower().endswith(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
+                and osp.isfile(osp.join(path, name)))
+            if not found:
+                raise FileNotFoundError(
+                    f'{path} holds no image or video (files ending in '
+                    f'{", ".join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)})')
+            files += found
+        elif not osp.exists(path):
+            raise FileNotFoundError(f'{path} does not exist')
+        elif not path.lower().endswith(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS):
+            raise ValueError(
+                f'{path} is neither an image nor a video by its name: '
+                f'expected one of {", ".join(IMAGE_EXTENSIONS)} or '
+                f'{", ".join(VIDEO_EXTENSIONS)}')
+        else:
+            files.append(path)
+    stems = {}
+    for path in files:
+        stem = osp.splitext(osp.basename(path))[0]
+        if stem in stems:
+            raise ValueError(
+                f'{stems[stem]} and {path} would write the same outputs '
+                f'({stem}.*): run them into different --out-dir')
+        stems[stem] = path
+    return files
+
+
+def read_image(path):
+    """The image as OpenCV decodes it (BGR), or an error naming it."""
+    image = mmcv.imread(path)  # None when OpenCV cannot decode the file
+    if image is None:
+        raise ValueError(
+            f'cannot read the image {path}: it is empty, cut short, or not '
+            f'an image OpenCV decodes')
+    return image
+
+
+def open_video(path):
+    """A VideoReader of ``path`` whose first frame decodes, or an error
+    naming the file."""
+    reader = mmcv.VideoReader(path)
+    if not reader.opened or reader.frame_cnt < 1 or reader[0] is None:
+        raise ValueError(
+            f'cannot decode the video {path}: OpenCV reads no frame of it '
+            f'(cut short, not a video, or a codec this OpenCV build lacks)')
+    return reader
+
+
+class StrictLoading:
+    """Makes an inferencer load its checkpoint strictly, as tools/test.py
+    does: mmengine's inferencers load what fits and warn about the rest."""
+
+    def __init__(self, *args, weights, **kwargs):
+        self.weights = weights
+        super().__init__(*args, weights=weights, **kwargs)
+
+    def _load_weights_to_model(self, model, checkpoint, cfg):
+        if checkpoint is not None:
+            with explain_checkpoint_mismatch(self.weights):
+                _load_checkpoint_to_model(model, checkpoint, strict=True)
+        # the library's own: loads again, and reads the classes and palette
+        # from the checkpoint's meta
+        super()._load_weights_to_model(model, checkpoint, cfg)
+
+
+class Detection:
+    """A DetInferencer, and how its predictions are kept and written."""
+
+    suffix = '.json'
+
+    def __init__(self, cfg, weights, device, score_thr):
+        from mmdet.apis import DetInferencer
+
+        class StrictDetInferencer(StrictLoading, DetInferencer):
+            pass
+
+        self.inferencer = StrictDetInferencer(
+            model=cfg, weights=weights, device=device, show_progress=False)
+        self.score_thr = 0.3 if score_thr is None else score_thr
+
+    def predict(self, image):
+        sample = self.inferencer(
+            image, return_datasamples=True)['predictions'][0]
+        instances = sample.pred_instances
+        sample.pred_instances = instances[instances.scores > self.score_thr]
+        return sample
+
+    def draw(self, image_rgb, sample):
+        return self.inferencer.visualize([image_rgb], [sample],
+                                         return_vis=True,
+                                         pred_score_thr=self.score_thr)[0]
+
+    def save(self, sample, path):
+        result = self.inferencer.pred2dict(sample)
+        classes = self.inferencer.model.dataset_meta['classes']
+        result['label_names'] = [classes[i] for i in result['labels']]
+        mmengine.dump(result, path)
+
+
+class Segmentation:
+    """An MMSegInferencer, and how its predictions are written."""
+
+    suffix = '.png'
+
+    def __init__(self, cfg, weights, device):
+        from mmseg.apis import MMSegInferencer
+
+        class StrictSegInferencer(StrictLoading, MMSegInferencer):
+            pass
+
+        self.inferencer = StrictSegInferencer(
+            model=cfg, weights=weights, device=device)
+
+    def predict(self, image):
+        return self.inferencer(image, return_datasamples=True)
+
+    def draw(self, image_rgb, sample):
+        return self.inferencer.visualize([image_rgb], [sample],
+                                         return_vis=True)[0]
+
+    def save(self, sample, path):
+        labels = sample.pred_sem_seg.data[0].cpu().numpy()
+        dtype = np.uint8 if labels.max(initial=0) < 256 else np.uint16
+        mmcv.imwrite(labels.astype(dtype), path)
+
+
+def build_task(cfg, weights, device, score_thr):
+    scope = cfg.get('default_scope')
+    if scope == 'mmdet':
+        return Detection(cfg, weights, device, score_thr)
+    if scope == 'mmseg':
+        if score_thr is not None:
+            raise ValueError('--score-thr is for detectors: a segmentor '
+                             'labels every pixel')
+        return Segmentation(cfg, weights, device)
+    raise ValueError(f'{cfg.filename}: default_scope {scope!r}, expected '
+                     f'mmdet or mmseg')
+
+
+def run_image(task, path, out_dir):
+    image = read_image(path)
+    sample = task.predict(image)
+    drawn = task.draw(mmcv.bgr2rgb(image), sample)
+    mmcv.imwrite(
+        mmcv.rgb2bgr(drawn), osp.join(out_dir, 'vis', osp.basename(path)))
+    stem = osp.splitext(osp.basename(path))[0]
+    task.save(sample, osp.join(out_dir, 'preds', stem + task.suffix))
+
+
+def run_video(task, path, out_dir, advance):
+    """Runs every frame; returns how many decoded."""
+    reader = mmcv.VideoReader(path)  # from its first frame
+    stem = osp.splitext(osp.basename(path))[0]
+    writer = None
+    decoded = 0
+    try:
+        for index in range(reader.frame_cnt):
+            frame = reader.read()
+            if frame is None:
+                break
+            sample = task.predict(frame)
+            drawn = task.draw(mmcv.bgr2rgb(frame), sample)
+            if writer is None:
+                writer = open_video_writer(
+                    osp.join(out_dir, 'vis', stem + '.mp4'), reader.fps,
+                    drawn.shape)
+            writer.write(mmcv.rgb2bgr(drawn))
+            task.save(
+                sample,
+                osp.join(out_dir, 'preds', stem, f'{index:06d}{task.suffix}'))
+            decoded += 1
+            advance()
+    finally:
+        if writer is not None:
+            writer.release()
+    if decoded < reader.frame_cnt:
+        warnings.warn(f'{path}: decoded {decoded} of the '
+                      f'{reader.frame_cnt} frames its header announces')
+    return decoded
+
+
+def open_video_writer(path, fps, shape):
+    mmengine.mkdir_or_exist(osp.dirname(path))
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*'mp4v'),
+                             fps if fps > 0 else 25, (shape[1], shape[0]))
+    if not writer.isOpened():
+        raise RuntimeError(f'OpenCV cannot write the video {path}')
+    return writer
+
+
+def run(task, files, out_dir):
+    """Runs every image and video frame, with a progress bar over them
+    all; returns how many images and frames ran."""
+    total = sum(
+        open_video(path).frame_cnt if is_video(path) else 1 for path in files)
+    num_images = num_frames = 0
+    columns = (*Progress.get_default_columns(), MofNCompleteColumn())
+    with Progress(*columns) as progress:
+        bar = progress.add_task('Inference', total=total)
+        for path in files:
+            if is_video(path):
+                num_frames += run_video(task, path, out_dir,
+                                        lambda: progress.advance(bar))
+            else:
+                run_image(task, path, out_dir)
+                num_images += 1
+                progress.advance(bar)
+    return num_images, num_frames
+
+
+def main(argv=None):
+    install_checkpoint_loaders()  # weights-only Runner checkpoints
+    args = parse_args(argv)
+    files = collect_inputs(args.inputs)
+    for path in filter(is_video, files):  # before the model is built
+        open_video(path)
+    if not osp.isfile(args.weights) and '://' not in args.weights:
+        raise FileNotFoundError(f'--weights {args.weights} does not exist')
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    # this tool writes the drawings itself, through no visualizer backend
+    cfg.visualizer.vis_backends = None
+    task = build_task(cfg, args.weights, args.device, args.score_thr)
+    num_images, num_frames = run(task, files, args.out_dir)
+    kind = ('JSON: labels, scores, boxes, RLE masks' if isinstance(
+        task, Detection) else 'label-map PNGs')
+    print(f'{num_images} images and {num_frames} video frames -> '
+          f'{osp.join(args.out_dir, "vis")} (drawn) and '
+          f'{osp.join(args.out_dir, "preds")} ({kind})')
+
+
+if __name__ == '__main__':
+    sys.exit(main())
