@@ -9,8 +9,9 @@ from mmcv.cnn import build_activation_layer
 from mmengine.registry import init_default_scope
 
 from mmcvt.models import CvT, QuickGELU, parse_arch
-from mmcvt.models.backbones.cvt import CvTBlock, drop_path_scales
-
+from mmcvt.models.backbones.cvt import CvTBlock
+from mmcvt.models.backbones.cvt_arch import arch_from_official_spec
+from mmcvt.models.layers import drop_path_scales
 from .utils import TINY, relative_error, separate_kv
 
 
@@ -55,6 +56,25 @@ def test_arch_names_accept_the_cvt_prefix(name):
     assert parse_arch(name) == parse_arch('13')
 
 
+def test_the_spec_of_an_official_config_is_an_arch():
+    # MODEL.SPEC of the official experiments/imagenet/cvt/cvt-13-224x224.yaml
+    spec = dict(
+        INIT='trunc_norm', NUM_STAGES=3, PATCH_SIZE=[7, 3, 3],
+        PATCH_STRIDE=[4, 2, 2], PATCH_PADDING=[2, 1, 1],
+        DIM_EMBED=[64, 192, 384], NUM_HEADS=[1, 3, 6], DEPTH=[1, 2, 10],
+        MLP_RATIO=[4.0, 4.0, 4.0], ATTN_DROP_RATE=[0.0, 0.0, 0.0],
+        DROP_RATE=[0.0, 0.0, 0.0], DROP_PATH_RATE=[0.0, 0.0, 0.1],
+        QKV_BIAS=[True, True, True], CLS_TOKEN=[False, False, True],
+        POS_EMBED=[False, False, False],
+        QKV_PROJ_METHOD=['dw_bn', 'dw_bn', 'dw_bn'], KERNEL_QKV=[3, 3, 3],
+        PADDING_KV=[1, 1, 1], STRIDE_KV=[2, 2, 2], PADDING_Q=[1, 1, 1],
+        STRIDE_Q=[1, 1, 1])
+    assert parse_arch(arch_from_official_spec(spec)) == parse_arch('13')
+    spec.update(STRIDE_KV=[1, 1, 1], MLP_RATIO=[2.0, 2.0, 2.0])
+    specs = parse_arch(arch_from_official_spec(spec))
+    assert [(s['stride_kv'], s['mlp_ratio']) for s in specs] == [(1, 2.)] * 3
+
+
 def test_arch_dict_takes_single_values_for_every_stage():
     arch = dict(TINY, mlp_ratios=2., proj_methods='avg', qkv_bias=False)
     model = CvT(arch)
@@ -96,8 +116,8 @@ def test_output_shapes_follow_the_strides_at_any_input_size(h, w):
 def test_presets_return_maps_at_strides_4_8_16():
     outs = CvT('13').eval()(torch.rand(1, 3, 224, 320))
     assert [tuple(o.shape) for o in outs] == [(1, 64, 56, 80),
-                                             (1, 192, 28, 40),
-                                             (1, 384, 14, 20)]
+                                              (1, 192, 28, 40),
+                                              (1, 384, 14, 20)]
 
 
 def test_out_indices_select_and_order_the_returned_stages():
@@ -288,7 +308,8 @@ def test_avg_projection_pools_k_and_v_and_keeps_q_linear():
     assert isinstance(attn.conv_proj_q, nn.Identity)
     assert isinstance(attn.conv_proj_kv, nn.AvgPool2d)
     assert attn.conv_proj_kv.ceil_mode
-    assert [o.shape[1] for o in model(torch.rand(1, 3, 45, 61))] == [16, 32, 48]
+    outs = model(torch.rand(1, 3, 45, 61))
+    assert [o.shape[1] for o in outs] == [16, 32, 48]
 
 
 def test_linear_projection_has_no_conv():
@@ -561,7 +582,8 @@ def test_an_int_arch_names_its_preset():
                                         ('num_heads', [1, 2.5, 3])])
 def test_arch_values_that_are_not_positive_ints_are_a_value_error(
         key, value):
-    with pytest.raises(ValueError, match=f'must be an int >= 1, got {value[1]}'):
+    with pytest.raises(ValueError,
+                       match=f'must be an int >= 1, got {value[1]}'):
         CvT(dict(TINY, **{key: value}))
 
 
@@ -573,10 +595,9 @@ def test_rates_outside_0_to_1_are_a_value_error(name, rate):
         tiny_cvt(**{name: rate})
 
 
-def test_cls_token_the_old_name_of_with_cls_token_still_works_with_a_warning():
-    with pytest.warns(DeprecationWarning, match='with_cls_token'):
-        model = tiny_cvt(cls_token=True)
-    assert model.with_cls_token and model.stages[2].cls_token is not None
+def test_cls_token_a_name_from_before_the_first_release_is_an_error():
+    with pytest.raises(TypeError, match='cls_token'):
+        tiny_cvt(cls_token=True)
 
 
 def test_pretrained_becomes_a_pretrained_init_cfg_with_a_warning():
@@ -663,6 +684,17 @@ def test_out_indices_out_of_range_are_a_value_error(out_indices):
         tiny_cvt(out_indices=out_indices)
 
 
+def test_empty_out_indices_are_a_value_error():
+    with pytest.raises(ValueError, match='out_indices is empty'):
+        tiny_cvt(out_indices=())
+
+
+@pytest.mark.parametrize('out_indices', [(0, 0), (2, -1)])
+def test_out_indices_naming_a_stage_twice_are_a_value_error(out_indices):
+    with pytest.raises(ValueError, match='names stage [02] twice'):
+        tiny_cvt(out_indices=out_indices)
+
+
 def test_out_indices_that_are_not_ints_are_a_type_error():
     with pytest.raises(TypeError, match='out_indices'):
         tiny_cvt(out_indices=(0.5, ))
@@ -715,15 +747,18 @@ def test_attention_runs_on_the_flash_or_memory_efficient_kernels(dtype):
 
 
 # ---- fused k/v projection ---------------------------------------------------
-def test_a_state_dict_with_k_and_v_apart_loads_strictly():
-    source = tiny_cvt(with_cls_token=True)
-    for param in source.parameters():
-        nn.init.normal_(param)
-    randomise_bn_statistics(source)
-    model = tiny_cvt(with_cls_token=True)
-    model.load_state_dict(separate_kv(source.state_dict()), strict=True)
-    for key, value in source.state_dict().items():
-        torch.testing.assert_close(model.state_dict()[key], value, msg=key)
+def test_an_mmcvt_checkpoint_with_k_and_v_apart_is_an_error_naming_them(
+        tmp_path):
+    # mmcvt kept k and v apart only before its first release: only the
+    # official and transformers formats are fused on loading
+    torch.save(separate_kv(tiny_cvt().state_dict()), tmp_path / 'cvt.pth')
+    model = tiny_cvt(init_cfg=dict(type='Pretrained',
+                                   checkpoint=str(tmp_path / 'cvt.pth')))
+    with pytest.raises(ValueError, match=r'\(mmcvt format\).*missing keys '
+                       r'\[stages\.0\.blocks\.0\.attn\.conv_proj_kv\..*'
+                       r'unexpected keys \[stages\.0\.blocks\.0\.attn\.'
+                       r'conv_proj_k\.'):
+        model.init_weights()
 
 
 def test_the_kv_batchnorm_keeps_the_statistics_of_each_projection():

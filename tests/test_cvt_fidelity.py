@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mmcvt.models import CvT
+from mmcvt.models.backbones.cvt_arch import arch_from_official_spec
 from mmcvt.models.backbones.cvt_checkpoint import BN_BUFFERS, convert_official
-
 from .utils import pretrained_cvt, relative_error
 
 # With a 1000-class head, as the official code counts them (BN buffers not
@@ -40,25 +40,6 @@ def tiny_official_model(tiny_reference, official_tiny_path):
                               with_cls_token=with_cls_token, out_norm=False)
 
     return build
-
-
-def arch_from_official_spec(spec):
-    """The official config vocabulary (``DIM_EMBED``...) as a CvT arch."""
-    return dict(
-        embed_dims=spec['DIM_EMBED'],
-        depths=spec['DEPTH'],
-        num_heads=spec['NUM_HEADS'],
-        patch_sizes=spec['PATCH_SIZE'],
-        patch_strides=spec['PATCH_STRIDE'],
-        patch_paddings=spec['PATCH_PADDING'],
-        mlp_ratios=spec['MLP_RATIO'],
-        qkv_bias=spec['QKV_BIAS'],
-        proj_methods=spec['QKV_PROJ_METHOD'],
-        kernel_qkv=spec['KERNEL_QKV'],
-        stride_q=spec['STRIDE_Q'],
-        stride_kv=spec['STRIDE_KV'],
-        padding_q=spec['PADDING_Q'],
-        padding_kv=spec['PADDING_KV'])
 
 
 @pytest.mark.parametrize('case', range(4))

@@ -1,13 +1,12 @@
 """tools/model_converters/cvt2mmcvt.py: any supported format to mmcvt's."""
 import json
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
 from mmcvt.models import CvT
+from mmcvt.models.backbones.cvt_arch import arch_from_official_spec
 from mmcvt.models.backbones.cvt_checkpoint import hf_to_official
-
 from .utils import (HF_ARCH, load_tool, pretrained_cvt, relative_error,
                     separate_kv)
 
@@ -39,9 +38,7 @@ def test_hf_weights_convert_to_a_backbone_that_reproduces_transformers(
 def test_official_weights_convert_to_a_backbone_that_reproduces_them(
         official_tiny_path, tmp_path):
     reference = torch.load(official_tiny_path)
-    spec = reference['spec']
-    arch = dict(embed_dims=spec['DIM_EMBED'], num_heads=spec['NUM_HEADS'],
-                depths=spec['DEPTH'])
+    arch = arch_from_official_spec(reference['spec'])
     dst = tmp_path / 'converted.pth'
     assert run(official_tiny_path, dst, '--arch', json.dumps(arch)) == 0
     model = backbone_from(dst, arch)
@@ -70,7 +67,8 @@ def test_official_and_hf_forms_of_the_same_weights_convert_identically(
 
 def test_converted_tensors_hold_the_source_numbers_unchanged(
         hf_model, hf_dir, tmp_path):
-    assert run(hf_dir, tmp_path / 'out.pth', '--arch', json.dumps(HF_ARCH)) == 0
+    assert run(hf_dir, tmp_path / 'out.pth', '--arch',
+               json.dumps(HF_ARCH)) == 0
     # k and v apart again: one converted tensor for each source tensor
     converted = separate_kv(torch.load(tmp_path / 'out.pth'))
     source = {k: v for k, v in hf_model.state_dict().items()
@@ -95,7 +93,8 @@ def test_safetensors_output_holds_the_same_tensors_as_pth(hf_dir, tmp_path):
 
 def test_the_summary_names_the_format_the_counts_and_what_was_dropped(
         hf_dir, tmp_path, capsys):
-    assert run(hf_dir, tmp_path / 'out.pth', '--arch', json.dumps(HF_ARCH)) == 0
+    assert run(hf_dir, tmp_path / 'out.pth', '--arch',
+               json.dumps(HF_ARCH)) == 0
     summary = capsys.readouterr().out
     assert '(hf format)' in summary
     params = sum(p.numel() for p in CvT(HF_ARCH, with_cls_token=True,

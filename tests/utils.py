@@ -100,8 +100,8 @@ def dist_train(config, num_processes, *args):
 
 
 def separate_kv(state_dict):
-    """A fused state_dict with k and v apart again, as the official code and
-    mmcvt before the fusion name them: the checkpoints users have."""
+    """A fused state_dict with k and v apart again, as the official code
+    keeps them."""
     separate = {}
     for key, value in state_dict.items():
         if '.conv_proj_kv.' in key:

@@ -1,4 +1,5 @@
-from .backbones import CvT, QuickGELU, parse_arch
+from .backbones import CvT, parse_arch
+from .layers import QuickGELU
 from .necks import ExtraLevels
 
 __all__ = ['CvT', 'ExtraLevels', 'QuickGELU', 'parse_arch']

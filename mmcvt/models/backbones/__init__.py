@@ -1,3 +1,4 @@
-from .cvt import CvT, QuickGELU, parse_arch
+from .cvt import CvT
+from .cvt_arch import parse_arch
 
-__all__ = ['CvT', 'QuickGELU', 'parse_arch']
+__all__ = ['CvT', 'parse_arch']

@@ -1,210 +1,44 @@
 """CvT, the Convolutional vision Transformer (Wu et al., ICCV 2021,
 arXiv 2103.15808), as a backbone for dense prediction.
 
-The file reads top-down: the activation, drop path and residual, the
-autocast helpers, the convolutional projection, the attention, the block
-and the stage, then the arch and the backbone. Parameter names follow the
+The file reads as the paper builds the model: the convolutional projection,
+the attention it feeds, the block, the stage (a convolutional token
+embedding, then blocks) and the backbone. Parameter names follow the
 official code wherever the OpenMMLab bricks allow it, so that
 ``cvt_checkpoint.convert_official`` is a short table of renames and one
 fusion: k and v are projected together (see :class:`ConvAttention`).
 
 Written for GPUs, where a training step of small ops costs launch time more
-than FLOPs: k and v go through one conv, one BatchNorm and one matmul; drop
-path costs two ops a stage and one a residual; under autocast a stage's
-weights are cast in one op; nothing is copied that a later op copies
-anyway. A CvT-13 bf16 training step launches half the ops it did (README,
-"Speed and memory"). ``torch.compile(CvT(...), dynamic=True,
-fullgraph=True)`` gives one graph for every image size, and
+than FLOPs: k and v go through one conv, one BatchNorm and one matmul, and
+nothing is copied that a later op copies anyway. The machinery that saves
+more ops (fused activation, drop path and residual; casting for autocast;
+the recompute policy of ``with_cp``) is in :mod:`mmcvt.models.layers`, and
+the arch vocabulary in :mod:`.cvt_arch`. ``torch.compile(CvT(...),
+dynamic=True, fullgraph=True)`` gives one graph for every image size, and
 ``compile=True`` does it from a config.
 """
-import functools
 import itertools
 import warnings
-from numbers import Integral, Real
+from numbers import Real
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from mmcv.cnn import ConvModule, build_norm_layer
 from mmcv.cnn.bricks.transformer import FFN, PatchEmbed
 from mmengine.model import BaseModule, ModuleList
 from mmengine.model.weight_init import (constant_init, initialize,
                                         trunc_normal_init)
 from mmengine.registry import MODELS
-from mmengine.utils import deprecated_api_warning
-from torch.func import functional_call
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.conv import _ConvNd
-from torch.utils.checkpoint import (CheckpointPolicy,
-                                    create_selective_checkpoint_contexts)
 
-from .cvt_checkpoint import fuse_kv_projection, load_pretrained
+from ..layers import (WITH_CP_MODES, QuickGELU, add_residual, drop_path_scales,
+                      run_with_recompute, to_autocast_dtype,
+                      with_autocast_weights)
+from .cvt_arch import ARCH_ZOO, is_int, min_input_size, parse_arch, stage_sizes
+from .cvt_checkpoint import load_pretrained
 
-PROJ_METHODS = ('dw_bn', 'avg', 'linear')
 ATTN_IMPLS = ('sdpa', 'naive')
-WITH_CP_MODES = (False, True, 'selective')
-
-
-class _QuickGELUFunction(torch.autograd.Function):
-    """``silu(1.702 x) / 1.702``, which is ``x * sigmoid(1.702 x)``, with a
-    backward of one op: the derivative is ``silu'(1.702 x)``, so
-    ``silu_backward`` gives it whole, where autograd on the expression runs
-    three ops (five on the product). It keeps ``1.702 x`` for the backward,
-    one tensor of the MLP's hidden width, as autograd would."""
-
-    @staticmethod
-    def forward(ctx, x):
-        scaled = x * 1.702
-        ctx.save_for_backward(scaled)
-        # in place: one tensor of the hidden width fewer at the peak
-        return F.silu(scaled).mul_(1 / 1.702)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        scaled, = ctx.saved_tensors
-        return torch.ops.aten.silu_backward(grad_output, scaled)
-
-
-@MODELS.register_module()
-class QuickGELU(nn.Module):
-    """``x * sigmoid(1.702 * x)``, the GELU approximation that the released
-    CvT weights were trained with. Registered in mmengine's root registry,
-    like mmcv's activations, so that every scope's ``act_cfg`` can name it."""
-
-    def forward(self, x):
-        return _QuickGELUFunction.apply(x)
-
-
-def drop_path_scales(x, keep_probs, num_paths):
-    """Stochastic depth for a stack of blocks at once: per block, residual
-    branch and sample, 0 with probability ``1 - keep_prob`` and
-    ``1 / keep_prob`` otherwise. Two ops for a whole stage, where mmcv's
-    DropPath takes five per branch.
-
-    Args:
-        x (Tensor): (B, N, C) tokens, for the batch size, device and dtype.
-        keep_probs (Tensor): (depth, ) keep probability of each block.
-        num_paths (int): Residual branches per block.
-
-    Returns:
-        Tensor: (depth, num_paths, B, 1, 1).
-    """
-    keep_probs = keep_probs.view(-1, 1, 1, 1, 1)
-    return x.new_empty(keep_probs.shape[0], num_paths, x.shape[0], 1,
-                       1).bernoulli_(keep_probs).div_(keep_probs)
-
-
-class _AddScaledResidual(torch.autograd.Function):
-    """``x + branch * scale`` in one op, with a backward of one op: the
-    branch's gradient is written in the branch's dtype (bf16 under
-    autocast) by the multiplication itself, where autograd multiplies and
-    then casts."""
-
-    @staticmethod
-    def forward(ctx, x, branch, scale):
-        ctx.save_for_backward(scale)
-        ctx.branch_dtype = branch.dtype
-        return torch.addcmul(x, branch, scale)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        scale, = ctx.saved_tensors
-        grad_branch = grad_output.new_empty(
-            grad_output.shape, dtype=ctx.branch_dtype)
-        torch.mul(grad_output, scale, out=grad_branch)
-        return grad_output, grad_branch, None
-
-
-def add_residual(x, branch, scale):
-    """``x + branch``, the branch scaled per sample by ``scale``, a
-    (B, 1, 1) slice of :func:`drop_path_scales`, unless it is None."""
-    if scale is None:
-        return x + branch
-    return _AddScaledResidual.apply(x, branch, scale)
-
-
-def _autocast_dtype(x):
-    """The dtype autocast casts ``x``'s ops to, or None where it does not
-    (autocast off, a device without autocast such as 'meta') or where
-    nothing of ours should (torch.compile, whose kernels cast as they go).
-    """
-    device_type = x.device.type
-    if (torch.compiler.is_compiling()
-            or not torch.amp.is_autocast_available(device_type)
-            or not torch.is_autocast_enabled(device_type)):
-        return None
-    return torch.get_autocast_dtype(device_type)
-
-
-def to_autocast_dtype(x):
-    """``x`` in autocast's dtype while autocast is on: one cast for all the
-    ops that read it, where autocast casts it again for each."""
-    dtype = _autocast_dtype(x)
-    return x if dtype is None else x.to(dtype)
-
-
-class _CastInOneOp(torch.autograd.Function):
-    """Casts tensors to one dtype with a single ``torch._foreach_copy_`` (one
-    kernel on CUDA for them all), and their gradients back with another."""
-
-    @staticmethod
-    def forward(ctx, dtype, *tensors):
-        ctx.set_materialize_grads(False)
-        ctx.dtypes = [t.dtype for t in tensors]
-        casts = [torch.empty_like(t, dtype=dtype) for t in tensors]
-        torch._foreach_copy_(casts, tensors)
-        ctx.mark_non_differentiable(
-            *(c for c, t in zip(casts, tensors) if not t.requires_grad))
-        return tuple(casts)
-
-    @staticmethod
-    def backward(ctx, *grads):
-        present = [i for i, g in enumerate(grads) if g is not None]
-        grads_back = [None] * len(grads)
-        if present:
-            casts = [
-                torch.empty_like(grads[i], dtype=ctx.dtypes[i])
-                for i in present
-            ]
-            torch._foreach_copy_(casts, [grads[i] for i in present])
-            for i, cast in zip(present, casts):
-                grads_back[i] = cast
-        return (None, *grads_back)
-
-
-def with_autocast_weights(*modules, like):
-    """The modules as callables that run them with the weights and biases of
-    their convolutions and Linears cast, all in one op, to the dtype that
-    autocast would cast each of them to in an op of its own (a CvT-13
-    stage's 122 casts forward and 122 backward become one each).
-    Outside autocast on ``like``'s device, and under torch.compile (whose
-    kernels cast as they go), the modules themselves.
-
-    Returns:
-        tuple[Callable]: One per module.
-    """
-    dtype = _autocast_dtype(like)
-    if dtype is None:
-        return modules
-    names, tensors = [], []
-    for i, module in enumerate(modules):
-        for prefix, child in module.named_modules():
-            if isinstance(child, (nn.Linear, _ConvNd)):
-                for name, param in child.named_parameters(recurse=False):
-                    names.append((i, f'{prefix}.{name}' if prefix else name))
-                    tensors.append(param)
-    casts = _CastInOneOp.apply(dtype, *tensors)
-    weights = [{} for _ in modules]
-    for (i, name), cast in zip(names, casts):
-        weights[i][name] = cast
-    return tuple(
-        functools.partial(_call_with, module, module_weights)
-        for module, module_weights in zip(modules, weights))
-
-
-def _call_with(module, weights, *args):
-    return functional_call(module, weights, args)
 
 
 def build_conv_projection(method, in_channels, out_channels, kernel_size,
@@ -240,9 +74,9 @@ def tokens_to_map(tokens, hw_shape):
     is channels_last in memory, which convolutions take without a copy.
 
     Under torch.compile a contiguous tensor, which inductor writes in the op
-    before: with dynamic shapes, inductor (torch 2.13) fails to lower a
-    convolution of a view whose strides hold sizes it cannot bound
-    (ValueRangeError in pow_by_natural).
+    before: with dynamic shapes, inductor fails to lower a convolution of
+    this view, whose strides hold sizes it cannot bound (README, "Compiling
+    the backbone").
     """
     token_map = tokens.transpose(1, 2).unflatten(2, hw_shape)
     return token_map.contiguous() if torch.compiler.is_compiling() \
@@ -264,9 +98,9 @@ class ConvAttention(BaseModule):
     (``conv_proj_kv``, the k and v filters of channel c at outputs 2c and
     2c + 1), one BatchNorm over those 2C channels, whose statistics stay per
     channel and so per projection, and one batched matmul for the two
-    Linears (``proj_kv``, the k rows then the v rows). Checkpoints with
-    separate k and v projections, as the official code and earlier mmcvt
-    versions write them, are fused on loading.
+    Linears (``proj_kv``, the k rows then the v rows). The official and
+    transformers checkpoints, which keep k and v apart, are fused as they
+    are converted (``cvt_checkpoint.convert_official``).
 
     Args:
         embed_dims (int): Width C of the tokens.
@@ -291,18 +125,19 @@ class ConvAttention(BaseModule):
     def __init__(self,
                  embed_dims,
                  num_heads,
-                 qkv_bias=True,
-                 attn_drop_rate=0.,
-                 proj_drop_rate=0.,
-                 proj_method='dw_bn',
-                 kernel_qkv=3,
-                 stride_q=1,
-                 stride_kv=2,
-                 padding_q=1,
-                 padding_kv=1,
-                 proj_norm_cfg=dict(type='BN'),
-                 with_cls_token=False,
-                 attn_impl='sdpa',
+                 *,
+                 qkv_bias,
+                 attn_drop_rate,
+                 proj_drop_rate,
+                 proj_method,
+                 kernel_qkv,
+                 stride_q,
+                 stride_kv,
+                 padding_q,
+                 padding_kv,
+                 proj_norm_cfg,
+                 with_cls_token,
+                 attn_impl,
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         self.num_heads = num_heads
@@ -329,11 +164,6 @@ class ConvAttention(BaseModule):
         self.proj_kv = nn.Linear(embed_dims, 2 * embed_dims, bias=qkv_bias)
         self.proj = nn.Linear(embed_dims, embed_dims)
         self.proj_drop = nn.Dropout(proj_drop_rate)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # every way in (init_cfg, load_from, --resume) passes through here
-        fuse_kv_projection(state_dict, prefix)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _split_heads(self, tokens):
         """(..., N, C) -> (..., heads, N, C / heads), a view in eager mode."""
@@ -371,8 +201,8 @@ class ConvAttention(BaseModule):
                 self.proj_kv.bias.unflatten(0, (2, 1, -1)), tokens, weight)
         # heads split after k and v are apart: their gradients then come
         # back in the attention kernel's layout without a copy
-        k, v = (self._split_heads(t.unflatten(0, (batch, num_tokens)))
-                for t in kv)
+        k, v = (
+            self._split_heads(t.unflatten(0, (batch, num_tokens))) for t in kv)
         return k, v
 
     def forward(self, x, hw_shape):
@@ -406,27 +236,6 @@ class ConvAttention(BaseModule):
         return self.proj_drop(self.proj(out))
 
 
-# The ops whose outputs ``with_cp='selective'`` keeps for the backward: the
-# matmuls, convolutions and attention. Everything between them (norms,
-# activations, reshape copies) is cheap to redo and is recomputed in the
-# backward instead, through torch's selective activation checkpointing. At
-# 800x1344 that saves about a fifth of a training step's memory in about the
-# same time (README, Speed and memory). It is not the default because the
-# recompute runs through a Python dispatch mode, whose cost per op shows at
-# small sizes: the shapes demos took 7% and 20% longer with it.
-_HEAVY_OPS = frozenset({
-    torch.ops.aten.addmm,
-    torch.ops.aten.mm,
-    torch.ops.aten.bmm,
-    torch.ops.aten.baddbmm,
-    torch.ops.aten.convolution,
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu,
-    torch.ops.aten._scaled_dot_product_flash_attention,
-    torch.ops.aten._scaled_dot_product_efficient_attention,
-    torch.ops.aten._scaled_dot_product_cudnn_attention,
-})
-
-
 class CvTBlock(BaseModule):
     """Pre-norm Transformer block: conv attention, then an MLP, each with a
     residual and drop path.
@@ -448,11 +257,12 @@ class CvTBlock(BaseModule):
     def __init__(self,
                  embed_dims,
                  num_heads,
-                 mlp_ratio=4.,
-                 drop_rate=0.,
-                 act_cfg=dict(type='QuickGELU'),
-                 norm_cfg=dict(type='LN', eps=1e-5),
-                 with_cp=False,
+                 *,
+                 mlp_ratio,
+                 drop_rate,
+                 act_cfg,
+                 norm_cfg,
+                 with_cp,
                  init_cfg=None,
                  **attn_kwargs):
         super().__init__(init_cfg=init_cfg)
@@ -478,55 +288,18 @@ class CvTBlock(BaseModule):
             hw_shape (tuple[int]): The (H, W) of the token map.
             drop_path_scale (Tensor, optional): (2, B, 1, 1) per-sample
                 scales of the two residual branches (stochastic depth, see
-                :func:`drop_path_scales`); None adds them as they are.
+                :func:`~mmcvt.models.layers.drop_path_scales`); None adds
+                them as they are.
 
         Returns:
             Tensor: (B, N, C) tokens.
         """
-        if not ((self.with_cp or torch.compiler.is_compiling())
-                and torch.is_grad_enabled()):
-            return self.forward_without_recompute(x, hw_shape,
-                                                  drop_path_scale)
-        return cp.checkpoint(
-            self.forward_without_recompute,
-            x,
-            hw_shape,
-            drop_path_scale,
-            use_reentrant=False,
-            # a partial: torch.compile calls a bound method without its self
-            context_fn=functools.partial(CvTBlock._recompute_contexts, self,
-                                         torch.compiler.is_compiling()))
-
-    def _recompute_contexts(self, compiling):
-        """``context_fn`` for ``torch.utils.checkpoint.checkpoint``: keep the
-        outputs of the :data:`_HEAVY_OPS` (for ``with_cp='selective'``) and
-        recompute the rest. Ops that read or update the block's buffers
-        (BatchNorm's running statistics and batch counter) are kept too, so
-        that the recompute does not update them a second time in the step,
-        as a plain checkpoint would."""
-        buffer_ids = {id(buffer) for buffer in self.buffers()}
-        keep_heavy_ops = self.with_cp == 'selective'
-        rest = CheckpointPolicy.PREFER_RECOMPUTE if self.with_cp else \
-            CheckpointPolicy.PREFER_SAVE
-
-        def policy(ctx, op, *args, **kwargs):
-            if compiling and op.is_view:
-                return CheckpointPolicy.MUST_RECOMPUTE
-            if (any(id(arg) in buffer_ids for arg in args) or keep_heavy_ops
-                    and op.overloadpacket in _HEAVY_OPS):
-                return CheckpointPolicy.MUST_SAVE
-            return rest
-
-        # The check that kept outputs are not mutated afterwards would flag
-        # the kept in-place update of the batch counter: an in-place op bumps
-        # its output's version only after it returns. Nothing in a block
-        # writes into a kept output.
-        return create_selective_checkpoint_contexts(
-            policy, allow_cache_entry_mutation=True)
+        return run_with_recompute(self.forward_without_recompute, self,
+                                  self.with_cp, x, hw_shape, drop_path_scale)
 
     def forward_without_recompute(self, x, hw_shape, drop_path_scale=None):
         """The block's computation with plain autograd; :meth:`forward`
-        wraps it in a checkpoint when ``with_cp`` asks for one."""
+        runs it with the recompute that ``with_cp`` asks for."""
         attn_scale, ffn_scale = (None, None) if drop_path_scale is None \
             else drop_path_scale
         x = add_residual(x, self.attn(self.norm1(x), hw_shape), attn_scale)
@@ -560,9 +333,10 @@ class CvTStage(BaseModule):
                  patch_stride,
                  patch_padding,
                  drop_path_rates,
-                 with_cls_token=False,
-                 norm_cfg=dict(type='LN', eps=1e-5),
-                 drop_rate=0.,
+                 *,
+                 with_cls_token,
+                 norm_cfg,
+                 drop_rate,
                  init_cfg=None,
                  **block_kwargs):
         super().__init__(init_cfg=init_cfg)
@@ -574,8 +348,8 @@ class CvTStage(BaseModule):
             stride=patch_stride,
             padding=patch_padding,
             norm_cfg=norm_cfg)
-        self.cls_token = nn.Parameter(
-            torch.zeros(1, 1, embed_dims)) if with_cls_token else None
+        self.cls_token = nn.Parameter(torch.zeros(
+            1, 1, embed_dims)) if with_cls_token else None
         self.drop_after_embed = nn.Dropout(drop_rate)
         self.blocks = ModuleList([
             CvTBlock(
@@ -617,159 +391,6 @@ class CvTStage(BaseModule):
         return x[:, 1:], hw_shape, x[:, :1]
 
 
-# ---- the arch ---------------------------------------------------------------
-# Keys of an arch dict, one value per stage, and the CvTStage argument each
-# becomes. The first three are required; the rest default to ARCH_DEFAULTS.
-ARCH_KEYS = {
-    'embed_dims': 'embed_dims',
-    'depths': 'depth',
-    'num_heads': 'num_heads',
-    'patch_sizes': 'patch_size',
-    'patch_strides': 'patch_stride',
-    'patch_paddings': 'patch_padding',
-    'mlp_ratios': 'mlp_ratio',
-    'qkv_bias': 'qkv_bias',
-    'proj_methods': 'proj_method',
-    'kernel_qkv': 'kernel_qkv',
-    'stride_q': 'stride_q',
-    'stride_kv': 'stride_kv',
-    'padding_q': 'padding_q',
-    'padding_kv': 'padding_kv',
-}
-REQUIRED_ARCH_KEYS = ('embed_dims', 'depths', 'num_heads')
-# Shared by the three presets; an arch dict may override any of them, with a
-# list or with one value for every stage.
-ARCH_DEFAULTS = dict(
-    patch_sizes=[7, 3, 3],
-    patch_strides=[4, 2, 2],
-    patch_paddings=[2, 1, 1],
-    mlp_ratios=4.,
-    qkv_bias=True,
-    proj_methods='dw_bn',
-    kernel_qkv=3,
-    stride_q=1,
-    stride_kv=2,
-    padding_q=1,
-    padding_kv=1)
-ARCH_ZOO = {
-    '13': dict(embed_dims=[64, 192, 384], num_heads=[1, 3, 6],
-               depths=[1, 2, 10]),
-    '21': dict(embed_dims=[64, 192, 384], num_heads=[1, 3, 6],
-               depths=[1, 4, 16]),
-    'w24': dict(embed_dims=[192, 768, 1024], num_heads=[3, 12, 16],
-                depths=[2, 2, 20]),
-}
-
-
-def _preset(name):
-    """The preset dict of a name such as '13', 13, 'cvt-13' or 'CvT_13'."""
-    key = str(name).lower().replace('_', '-')
-    key = key[len('cvt'):].lstrip('-') if key.startswith('cvt') else key
-    if key not in ARCH_ZOO:
-        raise ValueError(
-            f'unknown CvT arch {name!r}; choose one of {sorted(ARCH_ZOO)} '
-            f'(or e.g. "cvt-13"), or pass a dict with '
-            f'{list(REQUIRED_ARCH_KEYS)}')
-    return ARCH_ZOO[key]
-
-
-def _per_stage(key, value, num_stages):
-    """One value per stage from a list of them or a single shared value."""
-    if key in REQUIRED_ARCH_KEYS and not isinstance(value, (list, tuple)):
-        raise ValueError(f'arch[{key!r}] must be a list, one entry per '
-                         f'stage, got {value!r}')
-    if isinstance(value, (list, tuple)):
-        if len(value) != num_stages:
-            raise ValueError(f'arch[{key!r}] has {len(value)} entries, but '
-                             f'the arch has {num_stages} stages')
-        return list(value)
-    return [value] * num_stages
-
-
-def _is_int(value):
-    return isinstance(value, Integral) and not isinstance(value, bool)
-
-
-def _check_stage_spec(i, spec):
-    for arg, least in (('embed_dims', 1), ('depth', 1), ('num_heads', 1),
-                       ('patch_size', 1), ('patch_stride', 1),
-                       ('patch_padding', 0), ('kernel_qkv', 1),
-                       ('stride_q', 1), ('stride_kv', 1), ('padding_q', 0),
-                       ('padding_kv', 0)):
-        if not _is_int(spec[arg]) or spec[arg] < least:
-            raise ValueError(f'stage {i}: {arg} must be an int >= {least}, '
-                             f'got {spec[arg]!r}')
-    if not isinstance(spec['mlp_ratio'], Real) or spec['mlp_ratio'] <= 0:
-        raise ValueError(f'stage {i}: mlp_ratio must be a number > 0, got '
-                         f'{spec["mlp_ratio"]!r}')
-    if not isinstance(spec['qkv_bias'], bool):
-        raise ValueError(f'stage {i}: qkv_bias must be True or False, got '
-                         f'{spec["qkv_bias"]!r}')
-    dims, heads = spec['embed_dims'], spec['num_heads']
-    if dims % heads:
-        raise ValueError(f'stage {i}: num_heads={heads} does not divide '
-                         f'embed_dims={dims}')
-    method = spec['proj_method']
-    if method not in PROJ_METHODS:
-        raise ValueError(f'stage {i}: unknown projection method {method!r}; '
-                         f'choose one of {PROJ_METHODS}')
-    # The residual around the attention needs as many queries as tokens;
-    # only 'dw_bn' convolves q.
-    k, s, p = spec['kernel_qkv'], spec['stride_q'], spec['padding_q']
-    if method == 'dw_bn' and (s != 1 or 2 * p != k - 1):
-        raise ValueError(
-            f'stage {i}: the q projection (kernel {k}, stride {s}, padding '
-            f'{p}) changes the map size, which breaks the residual; use '
-            f'stride_q=1 and padding_q={(k - 1) // 2}')
-
-
-def parse_arch(arch):
-    """The stages of a preset or an arch dict, checked.
-
-    Args:
-        arch (str | int | dict): A preset of :data:`ARCH_ZOO` ('13', 13,
-            'cvt-13', ...) or a dict with per-stage lists ``embed_dims``,
-            ``depths`` and ``num_heads`` and, optionally, any key of
-            :data:`ARCH_DEFAULTS` as a list or a single value.
-
-    Returns:
-        list[dict]: One spec per stage, whose keys are :class:`CvTStage`'s
-        argument names (``depth``, ``kernel_qkv``, ...).
-    """
-    if isinstance(arch, (str, Integral)) and not isinstance(arch, bool):
-        arch = _preset(arch)
-    elif not isinstance(arch, dict):
-        raise TypeError(f'arch must be a preset name ({sorted(ARCH_ZOO)}) '
-                        f'or a dict, got {arch!r} of type '
-                        f'{type(arch).__name__}')
-    missing = [k for k in REQUIRED_ARCH_KEYS if k not in arch]
-    if missing:
-        raise ValueError(f'arch dict lacks {missing}; it needs '
-                         f'{list(REQUIRED_ARCH_KEYS)} as lists')
-    unknown = set(arch) - set(ARCH_KEYS)
-    if unknown:
-        raise ValueError(f'arch dict has unknown keys {sorted(unknown)}; '
-                         f'known optional keys: {list(ARCH_DEFAULTS)}')
-    if not isinstance(arch['depths'], (list, tuple)) or not arch['depths']:
-        raise ValueError(f'arch["depths"] must be a non-empty list, one '
-                         f'entry per stage, got {arch["depths"]!r}')
-    num_stages = len(arch['depths'])
-    values = {
-        ARCH_KEYS[key]: _per_stage(key, arch.get(key, ARCH_DEFAULTS.get(key)),
-                                   num_stages)
-        for key in ARCH_KEYS
-    }
-    specs = [{arg: per_stage[i] for arg, per_stage in values.items()}
-             for i in range(num_stages)]
-    for i, spec in enumerate(specs):
-        _check_stage_spec(i, spec)
-    return specs
-
-
-def _conv_out_size(size, kernel, stride, padding):
-    return (size + 2 * padding - kernel) // stride + 1
-
-
 def _check_rate(name, value):
     if not isinstance(value, Real) or not 0 <= value < 1:
         raise ValueError(f'{name} must be a probability in [0, 1), got '
@@ -790,11 +411,10 @@ class CvT(BaseModule):
             the like) for the paper's models, or a dict; see
             :func:`parse_arch`.
         in_channels (int): Channels of the input image.
-        out_indices (Sequence[int] | int): Stages to return; negative indices
-            count from the last stage.
+        out_indices (Sequence[int] | int): Stages to return, at least one,
+            each once; negative indices count from the last stage.
         with_cls_token (bool): Carry the official model's cls token through
             the last stage. It is never returned. False is the dense default.
-            (``cls_token``, its earlier name, still works, with a warning.)
         out_norm (bool): Add a LayerNorm (``norm_cfg``) on each returned
             stage, as Swin and PVT do in MMDetection.
         drop_rate (float): Dropout on tokens, after attention and in MLPs.
@@ -832,8 +452,6 @@ class CvT(BaseModule):
 
     arch_zoo = ARCH_ZOO
 
-    # configs written for earlier versions say cls_token
-    @deprecated_api_warning({'cls_token': 'with_cls_token'}, cls_name='CvT')
     def __init__(self,
                  arch='13',
                  in_channels=3,
@@ -857,18 +475,20 @@ class CvT(BaseModule):
         super().__init__(init_cfg=init_cfg)
         self.stage_specs = parse_arch(arch)
         self.num_stages = len(self.stage_specs)
-        if not _is_int(in_channels) or in_channels < 1:
+        if not is_int(in_channels) or in_channels < 1:
             raise ValueError(f'in_channels must be an int >= 1, got '
                              f'{in_channels!r}')
         self.in_channels = in_channels
         self.out_indices = self._parse_out_indices(out_indices)
-        if not _is_int(frozen_stages) or not (-1 <= frozen_stages <
-                                              self.num_stages):
+        if not is_int(frozen_stages) or not (-1 <= frozen_stages <
+                                             self.num_stages):
             raise ValueError(f'frozen_stages must be an int in [-1, '
                              f'{self.num_stages - 1}], got {frozen_stages!r}')
-        for name, rate in (('drop_rate', drop_rate),
-                           ('attn_drop_rate', attn_drop_rate),
-                           ('drop_path_rate', drop_path_rate)):
+        probabilities = dict(
+            drop_rate=drop_rate,
+            attn_drop_rate=attn_drop_rate,
+            drop_path_rate=drop_path_rate)
+        for name, rate in probabilities.items():
             _check_rate(name, rate)
         if with_cp not in WITH_CP_MODES:
             raise ValueError(f'with_cp must be one of {WITH_CP_MODES}, got '
@@ -881,8 +501,8 @@ class CvT(BaseModule):
         self.with_cls_token = with_cls_token
         if act_cfg.get('type') == 'QuickGELU':
             # MMSegmentation registers a QuickGELU of its own (for CLIP),
-            # which its scope would find first: the same function, in four
-            # more ops a block (forward and backward) than this one
+            # which its scope would find first: the same function, in more
+            # ops a block (forward and backward) than this one
             act_cfg = dict(act_cfg, type=QuickGELU)
 
         depths = [spec['depth'] for spec in self.stage_specs]
@@ -892,10 +512,9 @@ class CvT(BaseModule):
             self.stages.append(
                 CvTStage(
                     in_channels=in_channels,
-                    drop_path_rates=list(itertools.islice(
-                        rates, spec['depth'])),
-                    with_cls_token=with_cls_token
-                    and i == self.num_stages - 1,
+                    drop_path_rates=list(
+                        itertools.islice(rates, spec['depth'])),
+                    with_cls_token=with_cls_token and i == self.num_stages - 1,
                     norm_cfg=norm_cfg,
                     drop_rate=drop_rate,
                     attn_drop_rate=attn_drop_rate,
@@ -914,7 +533,7 @@ class CvT(BaseModule):
                     f'norm{i}',
                     build_norm_layer(norm_cfg,
                                      self.stage_specs[i]['embed_dims'])[1])
-        self.min_input_size = self._min_input_size()
+        self.min_input_size = min_input_size(self.stage_specs)
         self._freeze_stages()
         if compile:
             options = dict(dynamic=True)
@@ -946,39 +565,30 @@ class CvT(BaseModule):
         return dict(type='Pretrained', checkpoint=pretrained)
 
     def _parse_out_indices(self, out_indices):
-        if _is_int(out_indices):
+        if is_int(out_indices):
             out_indices = [out_indices]
         if not isinstance(out_indices, (list, tuple)) or not all(
-                _is_int(i) for i in out_indices):
+                is_int(i) for i in out_indices):
             raise TypeError(f'out_indices must be an int or a sequence of '
                             f'ints, got {out_indices!r}')
+        if not out_indices:
+            raise ValueError(f'out_indices is empty: CvT would return no '
+                             f'maps; name at least one of the '
+                             f'{self.num_stages} stages')
         parsed = []
         for index in out_indices:
             if not -self.num_stages <= index < self.num_stages:
                 raise ValueError(f'out_indices {tuple(out_indices)} has '
                                  f'{index}, out of range for '
                                  f'{self.num_stages} stages')
-            parsed.append(index % self.num_stages)
+            stage = index % self.num_stages
+            if stage in parsed:
+                raise ValueError(
+                    f'out_indices {tuple(out_indices)} names stage {stage} '
+                    f'twice (negative indices count from the last stage); '
+                    f'name each stage once')
+            parsed.append(stage)
         return tuple(parsed)
-
-    def _stage_sizes(self, size):
-        """Token-map sizes along one image dimension: for each stage, the
-        map size and the size of its subsampled k/v map."""
-        sizes = []
-        for spec in self.stage_specs:
-            size = _conv_out_size(size, spec['patch_size'],
-                                  spec['patch_stride'], spec['patch_padding'])
-            kv_size = size if spec['proj_method'] == 'linear' else \
-                _conv_out_size(size, spec['kernel_qkv'], spec['stride_kv'],
-                               spec['padding_kv'])
-            sizes.append((size, kv_size))
-        return sizes
-
-    def _min_input_size(self):
-        """Smallest image side for which every stage keeps a token."""
-        for size in itertools.count(1):
-            if all(min(s) >= 1 for s in self._stage_sizes(size)):
-                return size
 
     def _check_input(self, x):
         if not isinstance(x, torch.Tensor):
@@ -1005,8 +615,9 @@ class CvT(BaseModule):
         """A BatchNorm that trains needs more than one value per channel;
         say so before torch does, in terms of the image."""
         batch, _, height, width = x.shape
-        for i, ((h, h_kv), (w, w_kv)) in enumerate(
-                zip(self._stage_sizes(height), self._stage_sizes(width))):
+        heights = stage_sizes(self.stage_specs, height)
+        widths = stage_sizes(self.stage_specs, width)
+        for i, ((h, h_kv), (w, w_kv)) in enumerate(zip(heights, widths)):
             if batch * h_kv * w_kv > 1 or not self._projection_bn_trains(i):
                 continue
             raise ValueError(

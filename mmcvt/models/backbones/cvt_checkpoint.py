@@ -63,10 +63,10 @@ _OFFICIAL_STAGE = re.compile(r'^stage(\d+)\.')
 _OUT_NORM = re.compile(r'^norm\d+\.')
 
 
-# The separate k and v projections of the official code (and of mmcvt
-# before they were fused), each fused into ConvAttention's: the depthwise
-# conv's filters and the BatchNorm's channels interleaved (k's channel c at
-# 2c, v's at 2c + 1), the Linears stacked (k's rows, then v's).
+# The separate k and v projections of the official code, each fused into
+# ConvAttention's: the depthwise conv's filters and the BatchNorm's channels
+# interleaved (k's channel c at 2c, v's at 2c + 1), the Linears stacked (k's
+# rows, then v's).
 _KV_INTERLEAVED = ('conv_proj_{}.conv.weight', 'conv_proj_{}.bn.weight',
                    'conv_proj_{}.bn.bias', 'conv_proj_{}.bn.running_mean',
                    'conv_proj_{}.bn.running_var')
@@ -138,8 +138,7 @@ def convert_hf(state_dict):
 _CONVERTERS = {
     'official': convert_official,
     'hf': convert_hf,
-    # earlier versions kept k and v apart
-    'mmcvt': fuse_kv_projections,
+    'mmcvt': dict,  # already in mmcvt's names
 }
 
 

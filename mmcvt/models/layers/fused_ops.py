@@ -1,0 +1,97 @@
+"""Ops of a CvT block fused by hand: fewer kernels per training step.
+
+On a GPU a CvT step is bound by launching its many small ops, not by their
+FLOPs (README, "Ops per training step"), so each function here does in one
+op, forward and backward, what the plain expression does in several.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.registry import MODELS
+
+
+class _QuickGELUFunction(torch.autograd.Function):
+    """``silu(1.702 x) / 1.702``, which is ``x * sigmoid(1.702 x)``, with a
+    backward of one op: the derivative is ``silu'(1.702 x)``, which
+    ``silu_backward`` gives whole, where autograd on the expression chains
+    the derivatives of its parts. It keeps ``1.702 x`` for the backward, one
+    tensor of the MLP's hidden width, as autograd would."""
+
+    @staticmethod
+    def forward(ctx, x):
+        scaled = x * 1.702
+        ctx.save_for_backward(scaled)
+        # In place, so that the forward holds one tensor of the hidden width
+        # fewer at its peak. It writes only the tensor that silu makes on
+        # this line, which nothing else holds: autograd records nothing in a
+        # Function's forward, and the backward reads `scaled`. Recomputing
+        # eagerly (with_cp), torch caches only the outputs that the policy
+        # of layers/recompute.py keeps, never silu's; under torch.compile
+        # the graph is functionalized, this mul_ becoming a mul, before the
+        # partitioner picks what to keep. torch.compile's warning about
+        # in-place ops comes with every checkpoint policy, whatever the ops.
+        return F.silu(scaled).mul_(1 / 1.702)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        scaled, = ctx.saved_tensors
+        return torch.ops.aten.silu_backward(grad_output, scaled)
+
+
+@MODELS.register_module()
+class QuickGELU(nn.Module):
+    """``x * sigmoid(1.702 * x)``, the GELU approximation that the released
+    CvT weights were trained with. Registered in mmengine's root registry,
+    like mmcv's activations, so that every scope's ``act_cfg`` can name it."""
+
+    def forward(self, x):
+        return _QuickGELUFunction.apply(x)
+
+
+def drop_path_scales(x, keep_probs, num_paths):
+    """Stochastic depth for a stack of blocks at once: per block, residual
+    branch and sample, 0 with probability ``1 - keep_prob`` and
+    ``1 / keep_prob`` otherwise. Two ops for a whole stage, where a drop
+    path module per branch (mmcv's DropPath) draws and scales with several
+    ops of its own for every branch.
+
+    Args:
+        x (Tensor): (B, N, C) tokens, for the batch size, device and dtype.
+        keep_probs (Tensor): (depth, ) keep probability of each block.
+        num_paths (int): Residual branches per block.
+
+    Returns:
+        Tensor: (depth, num_paths, B, 1, 1).
+    """
+    keep_probs = keep_probs.view(-1, 1, 1, 1, 1)
+    return x.new_empty(keep_probs.shape[0], num_paths, x.shape[0], 1,
+                       1).bernoulli_(keep_probs).div_(keep_probs)
+
+
+class _AddScaledResidual(torch.autograd.Function):
+    """``x + branch * scale`` in one op, with a backward of one op: the
+    branch's gradient is written in the branch's dtype (bf16 under
+    autocast) by the multiplication itself, where autograd multiplies and
+    then casts."""
+
+    @staticmethod
+    def forward(ctx, x, branch, scale):
+        ctx.save_for_backward(scale)
+        ctx.branch_dtype = branch.dtype
+        return torch.addcmul(x, branch, scale)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        scale, = ctx.saved_tensors
+        grad_branch = grad_output.new_empty(
+            grad_output.shape, dtype=ctx.branch_dtype)
+        torch.mul(grad_output, scale, out=grad_branch)
+        return grad_output, grad_branch, None
+
+
+def add_residual(x, branch, scale):
+    """``x + branch``, the branch scaled per sample by ``scale``, a
+    (B, 1, 1) slice of :func:`drop_path_scales`, unless it is None."""
+    if scale is None:
+        return x + branch
+    return _AddScaledResidual.apply(x, branch, scale)
