@@ -1,0 +1,257 @@
+"""Tests one checkpoint at several input scales: the metric, and one image's
+latency and peak memory, at each; writes a table and a plot.
+
+    python tools/analysis_tools/resolution_sweep.py CONFIG CHECKPOINT \
+        --scales 0.5 0.75 1 1.5 2 --out-dir work_dirs/sweep
+
+A scale multiplies the size that the config's test pipeline resizes to (its
+``Resize``'s ``scale`` or ``scale_factor``); a pipeline without a Resize
+gets one, of that factor, after loading the image. The metric is computed
+as tools/test.py computes it, against the ground truth at its own size
+(MMDetection and MMSegmentation map predictions back to it). Latency is the
+median of --repeat forward passes (``test_step``) of one test image at that
+scale, after --warmup; peak memory is what that forward adds to what the
+process holds (on CUDA, allocated by torch; on the CPU, the resident set).
+Writes DIR/sweep.md, DIR/sweep.json and DIR/sweep.png.
+"""
+import argparse
+import copy
+import json
+import os.path as osp
+import tempfile
+import time
+
+import matplotlib
+import mmengine
+import torch
+from mmengine.config import Config, DictAction
+from mmengine.dataset import pseudo_collate
+
+import mmcvt  # noqa: F401  registers CvT, the runner and its hooks
+from mmcvt.analysis import PeakMemory, median_latency, positive_int
+from mmcvt.engine import build_runner, check_data_paths
+from mmcvt.fileio import install_checkpoint_loaders
+
+matplotlib.use('Agg')  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+# the metric plotted when --metric names none: the first of these found
+DEFAULT_METRICS = ('coco/segm_mAP', 'coco/bbox_mAP', 'mIoU', 'aAcc')
+RESIZES = ('Resize', 'mmdet.Resize', 'mmseg.Resize', 'mmcv.Resize')
+
+
+def positive_float(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f'{text}: a scale must be above 0')
+    return value
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split('\n\n', 1)[1])
+    parser.add_argument('config')
+    parser.add_argument(
+        'checkpoint', help='loaded strictly, as by '
+        'tools/test.py')
+    parser.add_argument(
+        '--scales',
+        type=positive_float,
+        nargs='+',
+        default=[0.5, 0.75, 1., 1.5, 2.],
+        help='factors of the test size (default 0.5 0.75 1 '
+        '1.5 2)')
+    parser.add_argument('--out-dir', required=True)
+    parser.add_argument(
+        '--metric',
+        help='the metric to plot (default: the first of '
+        f'{", ".join(DEFAULT_METRICS)} that the evaluator reports)')
+    parser.add_argument(
+        '--warmup',
+        type=int,
+        default=2,
+        help='untimed forwards before timing (default 2)')
+    parser.add_argument(
+        '--repeat',
+        type=positive_int,
+        default=5,
+        help='timed forwards; their median is the latency '
+        '(default 5)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    args = parser.parse_args(argv)
+    if args.warmup < 0:
+        parser.error(f'--warmup must be 0 or more, not {args.warmup}')
+    if len(set(args.scales)) != len(args.scales):
+        parser.error(f'--scales repeats a scale: {args.scales}')
+    return args
+
+
+def scaled_pipeline(pipeline, scale):
+    """A copy of a test pipeline that resizes to ``scale`` times its size;
+    one without a Resize gets ``Resize(scale_factor=scale)`` after its
+    image loading, so that the annotations stay at their size."""
+    pipeline = copy.deepcopy(pipeline)
+    for transform in pipeline:
+        if transform['type'] not in RESIZES:
+            continue
+        if transform.get('scale') is not None:
+            transform['scale'] = tuple(
+                round(side * scale) for side in transform['scale'])
+        else:
+            factor = transform.get('scale_factor') or 1.
+            transform['scale_factor'] = (
+                tuple(
+                    f * scale
+                    for f in factor) if isinstance(factor,
+                                                   (tuple, list)) else factor *
+                scale)
+        return pipeline
+    load = next((i for i, t in enumerate(pipeline)
+                 if t['type'].endswith('LoadImageFromFile')), None)
+    if load is None:
+        raise ValueError('the test pipeline has neither a Resize to scale '
+                         'nor a LoadImageFromFile to put one after')
+    pipeline.insert(load + 1,
+                    dict(type='Resize', scale_factor=scale, keep_ratio=True))
+    return pipeline
+
+
+def pick_metric(metrics, name):
+    if name is not None:
+        if name not in metrics:
+            raise KeyError(f'--metric {name}: the evaluator reports '
+                           f'{", ".join(metrics)}')
+        return name
+    for candidate in DEFAULT_METRICS:
+        if candidate in metrics:
+            return candidate
+    return next(iter(metrics))
+
+
+def evaluate_at_scale(cfg, checkpoint, scale, work_dir, warmup, repeat):
+    """The metrics at ``scale``, and one image's size, latency (s) and the
+    peak memory its forward adds (MiB)."""
+    cfg = copy.deepcopy(cfg)
+    dataset = cfg.test_dataloader.dataset
+    while 'pipeline' not in dataset:  # wrappers (RepeatDataset and such)
+        dataset = dataset.dataset
+    dataset.pipeline = scaled_pipeline(dataset.pipeline, scale)
+    cfg.load_from = checkpoint
+    cfg.work_dir = work_dir
+    cfg.log_level = 'WARNING'  # the sweep prints its own table
+    # names of their own for the Runner's logger and visualizer, which
+    # mmengine keeps per process by name: the libraries' configs name every
+    # visualizer 'visualizer', so that a later Runner would write into this
+    # one's work dir, deleted by then
+    cfg.experiment_name = f'sweep_{scale:g}_{time.time_ns()}'
+    cfg.visualizer.name = cfg.experiment_name
+    runner = build_runner(cfg)
+    metrics = runner.test()
+
+    model = runner.model
+    device = next(model.parameters()).device
+    batch = pseudo_collate([runner.test_dataloader.dataset[0]])
+    with torch.no_grad():
+        size = model.test_step(batch)[0].img_shape
+        latency = median_latency(lambda: model.test_step(batch), device,
+                                 warmup, repeat)
+        memory = PeakMemory(device).start()
+        model.test_step(batch)
+        peak = memory.added_mib()
+    return dict(
+        scale=scale,
+        size=list(size),
+        latency_ms=latency * 1e3,
+        peak_memory_mib=peak,
+        metrics={
+            k: float(v)
+            for k, v in metrics.items()
+        })
+
+
+def table(rows, metric):
+    names = [metric] + [k for k in rows[0]['metrics'] if k != metric]
+    lines = [
+        '| scale | input (h x w) | ' + ' | '.join(names) +
+        ' | latency (ms) | peak memory (MiB) |',
+        '|---' * (len(names) + 4) + '|'
+    ]
+    for row in rows:
+        values = ' | '.join(f'{row["metrics"][k]:.3f}' for k in names)
+        lines.append(f'| {row["scale"]:g} | {row["size"][0]} x '
+                     f'{row["size"][1]} | {values} | '
+                     f'{row["latency_ms"]:.1f} | '
+                     f'{row["peak_memory_mib"]:.0f} |')
+    return '\n'.join(lines)
+
+
+def plot(rows, metric, title, path, device):
+    scales = [row['scale'] for row in rows]
+    labels = [
+        f'{row["scale"]:g}\n{row["size"][0]}x{row["size"][1]}' for row in rows
+    ]
+    panels = [
+        (metric, [row['metrics'][metric] for row in rows]),
+        (f'latency of one image (ms), {device}',
+         [row['latency_ms'] for row in rows]),
+        ('peak memory added (MiB), ' +
+         ('CUDA, allocated' if device == 'cuda' else 'CPU, resident set'),
+         [row['peak_memory_mib'] for row in rows])
+    ]
+    figure, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    for ax, (name, values) in zip(axes, panels):
+        ax.plot(scales, values, marker='o')
+        ax.set_title(name, fontsize=10)
+        ax.set_xticks(scales, labels, fontsize=8)
+        ax.set_xlabel('scale, input size', fontsize=9)
+        ax.grid(alpha=0.3)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+
+
+def main(argv=None):
+    install_checkpoint_loaders()  # weights-only Runner checkpoints
+    args = parse_args(argv)
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    check_data_paths(cfg, ('test', ))
+    if not osp.isfile(args.checkpoint):
+        raise FileNotFoundError(f'checkpoint {args.checkpoint} does not '
+                                f'exist')
+    rows = []
+    with tempfile.TemporaryDirectory() as work_dir:
+        for scale in sorted(args.scales):
+            rows.append(
+                evaluate_at_scale(cfg, args.checkpoint, scale,
+                                  osp.join(work_dir, f'scale_{scale:g}'),
+                                  args.warmup, args.repeat))
+            print(f'scale {scale:g}: {rows[-1]["metrics"]}', flush=True)
+    metric = pick_metric(rows[0]['metrics'], args.metric)
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    mmengine.mkdir_or_exist(args.out_dir)
+    markdown = table(rows, metric)
+    with open(osp.join(args.out_dir, 'sweep.md'), 'w') as f:
+        f.write(markdown + '\n')
+    with open(osp.join(args.out_dir, 'sweep.json'), 'w') as f:
+        json.dump(
+            dict(
+                config=args.config,
+                checkpoint=args.checkpoint,
+                metric=metric,
+                device=device,
+                rows=rows),
+            f,
+            indent=1)
+    plot(rows, metric, f'{osp.basename(args.config)}: {metric} against '
+         f'input scale', osp.join(args.out_dir, 'sweep.png'), device)
+    print(markdown)
+    print(f'-> {osp.join(args.out_dir, "sweep.md")}, sweep.json, sweep.png')
+
+
+if __name__ == '__main__':
+    main()
