@@ -55,6 +55,7 @@ BACKBONE_LR_MULT = {DINO: 0.1, MASK2FORMER_COCO: 0.1, MASK2FORMER_ADE: 0.1,
 
 
 def cvt13_config_of(path):
+    """The CvT-13 config of a twin; a CvT-13 config itself."""
     return CVT21_TWINS.get(path, path)
 
 
@@ -93,7 +94,7 @@ def shapes_batch(scope, shapes, shapes_seg, side=128):
 
 
 def pad_to(cfg, side):
-    """The config's model, padding its batches to side x side: Mask2Former
+    """Makes the config's model pad its batches to side x side: Mask2Former
     pads COCO batches to its 1024x1024 LSJ crop and ADE20K ones to the
     512x512 crop, which would make a step of a small batch cost as much as
     one of the data set."""
@@ -368,12 +369,12 @@ def test_the_heads_keep_their_recipes_clipping_and_embedding_decay():
 # place of CvT-13, trains a few steps with its config's optimizer on one
 # fixed batch of 2 shapes images. Its loss at the initial weights varies
 # between draws by its random parts alone (DINO's denoising queries,
-# Mask2Former's sampled mask points, Semantic FPN's dropout), by 1% or less
-# of its value here. The bound: after training the loss is below 80% of the
-# mean of 3 draws at the start, and has fallen by more than 10 times their
-# spread, which no draw of the untrained model's loss comes near. The same
-# steps at lr 0 fail it (the weights do not move). The CvT-21 twins share
-# their CvT-13 config's head.
+# Mask2Former's sampled mask points, Semantic FPN's dropout): here by 1% or
+# less of its value, Semantic FPN's by up to 6%. The bound: after training
+# the loss is below 80% of the mean of 3 draws at the start, and has fallen
+# by more than 10 times their spread, which no draw of the untrained
+# model's loss comes near; the same steps at lr 0, where the weights do not
+# move, fail it. The CvT-21 twins share their CvT-13 config's head.
 def tiny_dino(model):
     model.backbone.arch = TINY
     model.neck.update(in_channels=[32, 48], extra_channels=[96])
