@@ -33,8 +33,8 @@ from mmengine.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..layers import (WITH_CP_MODES, QuickGELU, add_residual, drop_path_scales,
-                      run_with_recompute, to_autocast_dtype,
-                      with_autocast_weights)
+                      map_to_tokens, run_with_recompute, to_autocast_dtype,
+                      tokens_to_map, with_autocast_weights)
 from .cvt_arch import ARCH_ZOO, is_int, min_input_size, parse_arch, stage_sizes
 from .cvt_checkpoint import load_pretrained
 
@@ -67,26 +67,6 @@ def build_conv_projection(method, in_channels, out_channels, kernel_size,
         return nn.AvgPool2d(
             kernel_size, stride=stride, padding=padding, ceil_mode=True)
     return nn.Identity()
-
-
-def tokens_to_map(tokens, hw_shape):
-    """(B, H * W, C) tokens -> (B, C, H, W) map: in eager mode a view that
-    is channels_last in memory, which convolutions take without a copy.
-
-    Under torch.compile a contiguous tensor, which inductor writes in the op
-    before: with dynamic shapes, inductor fails to lower a convolution of
-    this view, whose strides hold sizes it cannot bound (README, "Compiling
-    the backbone").
-    """
-    token_map = tokens.transpose(1, 2).unflatten(2, hw_shape)
-    return token_map.contiguous() if torch.compiler.is_compiling() \
-        else token_map
-
-
-def map_to_tokens(x):
-    """(B, C, H, W) map -> (B, H * W, C) tokens, a view (contiguous when the
-    map is channels_last, as the convs here return it)."""
-    return x.flatten(2).transpose(1, 2)
 
 
 class ConvAttention(BaseModule):
