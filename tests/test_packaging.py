@@ -1,5 +1,6 @@
-"""The package as pip installs it: configs/ travels inside it, as
-mmcvt/.mim/configs, and a config anywhere can inherit one.
+"""The package as pip installs it: configs/ and tools/ travel inside it, as
+mmcvt/.mim/configs and mmcvt/.mim/tools, a config anywhere can inherit a
+packaged one, and OpenMMLab's mim trains and tests with the packaged tools.
 
 The installs go into fresh virtual environments that see this one's
 site-packages through a .pth file, for torch, mmcv and the rest, and get
@@ -12,12 +13,13 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from mmcvt import config_paths
-
-from .utils import REPO
+from .tiny_models import write_tiny_config
+from .utils import REPO, load_tool
 
 BUILD_OUTPUTS = shutil.ignore_patterns(
     '.git', '.venv', 'build', 'dist', '*.egg-info', '__pycache__', '.mim',
@@ -94,7 +96,7 @@ def printed_config_paths(wheel_env):
     return run(python, '-m', 'mmcvt.config_paths', cwd=root).split()
 
 
-def test_the_sdist_carries_the_configs_and_requirements(sdist):
+def test_the_sdist_carries_the_configs_tools_and_requirements(sdist):
     with tarfile.open(sdist) as tar:
         names = {name.partition('/')[2] for name in tar.getnames()}
     assert {'configs/maskrcnn_cvt13_coco.py',
@@ -102,7 +104,10 @@ def test_the_sdist_carries_the_configs_and_requirements(sdist):
             'configs/demo/upernet_cvt13_shapes.py',
             'configs/_base_/cvt_four_levels.py',
             'configs/semfpn_cvt21_ade20k.py',
-            'requirements/mmcv.txt', 'requirements/runtime.txt'} <= names
+            'tools/train.py', 'tools/test.py', 'tools/infer.py',
+            'tools/deployment/export_onnx.py',
+            'requirements/mmcv.txt', 'requirements/runtime.txt',
+            'requirements/onnx.txt'} <= names
 
 
 def test_the_wheel_ships_every_config_inside_its_installed_package(
@@ -119,6 +124,21 @@ def test_the_wheel_ships_every_config_inside_its_installed_package(
                    for path in (REPO / 'configs').rglob('*.py')
                    if '_base_' not in path.parts}
     assert shipped == in_checkout
+
+
+def files_under(directory):
+    return {path.relative_to(directory).as_posix()
+            for path in directory.rglob('*')
+            if path.is_file() and '__pycache__' not in path.parts}
+
+
+def test_the_wheel_ships_the_tools_beside_its_configs(
+        wheel_env, printed_config_paths):
+    _, root = wheel_env
+    package_dir = printed_config_paths[0].split('/.mim/configs/')[0]
+    assert package_dir.startswith(str(root / 'venv'))
+    tools = Path(package_dir) / '.mim' / 'tools'
+    assert files_under(tools) == files_under(REPO / 'tools')
 
 
 def test_a_config_outside_the_repo_inherits_a_packaged_one(
@@ -170,8 +190,8 @@ def test_a_packaged_config_with_an_extra_levels_neck_builds_its_model(
     assert built['last_stage_blocks'] == 16  # CvT-21's, not CvT-13's 10
 
 
-def test_an_editable_install_links_the_checkouts_configs(source,
-                                                          tmp_path):
+def test_an_editable_install_links_the_checkouts_configs_and_tools(
+        source, tmp_path):
     python = fresh_venv(tmp_path / 'venv')
     pip_install(python, '-e', source, cwd=tmp_path)
     package = run(python, '-c',
@@ -179,9 +199,62 @@ def test_an_editable_install_links_the_checkouts_configs(source,
                   'print(importlib.util.find_spec("mmcvt").origin)',
                   cwd=tmp_path).strip()
     assert package == str(source / 'mmcvt' / '__init__.py')
-    # a link, so that an edited config is seen without reinstalling
-    link = source / 'mmcvt' / '.mim' / 'configs'
-    assert link.is_symlink() and link.resolve() == source / 'configs'
+    # links, so that an edited config or tool is seen without reinstalling
+    for name in ('configs', 'tools'):
+        link = source / 'mmcvt' / '.mim' / name
+        assert link.is_symlink() and link.resolve() == source / name
+
+
+# ---- mim --------------------------------------------------------------------
+@pytest.fixture(scope='module')
+def mim_runs(wheel_env, printed_config_paths):
+    """`mim train mmcvt CONFIG` for one iteration, then `mim test mmcvt
+    CONFIG --checkpoint` of its checkpoint, in the wheel's environment;
+    CONFIG, outside the repo, inherits the packaged UperNet demo, with a
+    tiny CvT, on 2 images of the shapes data."""
+    python, root = wheel_env
+    directory = root / 'mim'
+    directory.mkdir()
+    load_tool('misc/make_shapes_dataset.py').main([
+        '--task', 'semseg', '--out', str(directory / 'data'), '--num-train',
+        '2', '--num-val', '2'])
+    base, = [path for path in printed_config_paths
+             if path.endswith('/demo/upernet_cvt13_shapes.py')]
+    data_root = str(directory / 'data') + '/'
+    config = write_tiny_config(
+        'upernet', directory, base=base, extra=textwrap.dedent(f"""\
+            train_dataloader = dict(
+                batch_size=2, dataset=dict(data_root={data_root!r}))
+            val_dataloader = dict(dataset=dict(data_root={data_root!r}))
+            test_dataloader = val_dataloader
+            train_cfg = dict(max_iters=1, val_interval=1)
+            default_hooks = dict(checkpoint=dict(interval=1))
+            """))
+    trained = run(python, '-m', 'mim', 'train', 'mmcvt', config,
+                  '--work-dir', directory / 'train', cwd=directory)
+    tested = run(python, '-m', 'mim', 'test', 'mmcvt', config,
+                 '--checkpoint', directory / 'train' / 'iter_1.pth',
+                 '--work-dir', directory / 'test', cwd=directory)
+    tools = root / 'venv' / 'lib'
+    return tools, directory, trained, tested
+
+
+def test_mim_train_runs_the_packaged_train_script(mim_runs):
+    tools, directory, trained, _ = mim_runs
+    command = trained.split('Training command is ', 1)[1].split()
+    assert command[1].startswith(str(tools))
+    assert command[1].endswith('/site-packages/mmcvt/.mim/tools/train.py')
+    assert 'Training finished successfully' in trained
+    assert (directory / 'train' / 'iter_1.pth').is_file()
+
+
+def test_mim_test_runs_the_packaged_test_script_on_its_checkpoint(mim_runs):
+    tools, _, _, tested = mim_runs
+    command = tested.split('Testing command is ', 1)[1].split()
+    assert command[1].startswith(str(tools))
+    assert command[1].endswith('/site-packages/mmcvt/.mim/tools/test.py')
+    assert 'mIoU' in tested
+    assert 'Testing finished successfully' in tested
 
 
 # ---- mmcvt.config_paths -----------------------------------------------------

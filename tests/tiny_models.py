@@ -28,9 +28,11 @@ HEADS = {
 }
 
 
-def write_tiny_config(kind, directory, data_root=None):
+def write_tiny_config(kind, directory, data_root=None, base=None, extra=''):
     """Writes ``tiny_<kind>.py`` into ``directory``; ``kind`` is 'maskrcnn'
-    or 'upernet'. ``data_root``: where its test data are."""
+    or 'upernet'. ``data_root``: where its test data are; ``base``: the
+    demo config it inherits, by default the checkout's; ``extra``: lines
+    to add."""
     data = ''
     if data_root is not None:
         data = (f'test_dataloader = dict(dataset=dict(data_root='
@@ -41,10 +43,10 @@ def write_tiny_config(kind, directory, data_root=None):
                      '\n')
     path = directory / f'tiny_{kind}.py'
     path.write_text(
-        f'_base_ = {str(DEMO_CONFIGS[kind])!r}\n'
+        f'_base_ = {str(base or DEMO_CONFIGS[kind])!r}\n'
         'model = dict(\n'
         f'    backbone=dict(arch=dict(_delete_=True, **{TINY!r})),\n' +
-        textwrap.indent(HEADS[kind], '    ') + ')\n' + data)
+        textwrap.indent(HEADS[kind], '    ') + ')\n' + data + extra)
     return path
 
 
