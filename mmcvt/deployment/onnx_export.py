@@ -65,10 +65,9 @@ def whole_model_problem(model):
         return (f'a whole {type(model).__name__} with '
                 f'{type(model.decode_head).__name__} is not exported: '
                 f'{ops[0]} runs mmcv\'s '
-                f'{type(model.get_submodule(ops[0])).__name__}, which reads '
-                f'its feature sizes as tensor data, so that torch\'s exporter '
-                f'cannot trace it with dynamic sizes, and which ONNX carries '
-                f'only as a custom op')
+                f'{type(model.get_submodule(ops[0])).__name__}, which '
+                f'torch\'s exporter does not trace into standard ONNX ops '
+                f'(ONNX carries mmcv\'s ops only as custom ops)')
     return None
 
 

@@ -17,6 +17,7 @@ sizes other than the export size and prints the relative error.
 Needs the onnx extra: ``pip install -e '.[onnx]'``.
 """
 import argparse
+import importlib.util
 import os
 import re
 import sys
@@ -31,6 +32,7 @@ from mmcvt.deployment.onnx_export import (DYNAMIC_AXES, PARTS, default_part,
                                           export_onnx, raw_image_module,
                                           verify, whole_model_problem)
 from mmcvt.engine import explain_checkpoint_mismatch
+from mmcvt.fileio import install_checkpoint_loaders
 
 EXAMPLE_BATCH = 2  # not 1: the exporter may fix a size that is 1
 
@@ -61,8 +63,9 @@ def parse_args(argv=None):
         '--part',
         choices=PARTS,
         help='model: a whole segmentor; neck: backbone and neck; backbone. '
-        'Default: the whole model for a segmentor, else the backbone and '
-        'neck (or the backbone alone when the neck runs mmcv ops)')
+        'Default: the whole model for a segmentor that runs no mmcv op, '
+        'else the backbone and neck (or the backbone alone when the neck '
+        'runs mmcv ops)')
     parser.add_argument(
         '--shape',
         type=positive_int,
@@ -100,6 +103,8 @@ def default_verify_shapes(height, width):
 
 
 def build_model(cfg, checkpoint):
+    # the exporter traces the backbone's own forward, not torch.compile's
+    cfg.model.backbone.pop('compile', None)
     model = build_random_model(cfg)
     if checkpoint is None:
         print(
@@ -120,8 +125,18 @@ def describe(module_name, part):
     }[part]
 
 
+def check_onnx_extra():
+    for name in ('onnx', 'onnxruntime', 'onnxscript'):
+        if importlib.util.find_spec(name) is None:
+            raise ImportError(f'{name} is missing: the export needs the onnx '
+                              f'extra, `pip install -e ".[onnx]"` in the '
+                              f'checkout (make install does it)')
+
+
 def main(argv=None):
+    install_checkpoint_loaders()  # weights-only Runner checkpoints
     args = parse_args(argv)
+    check_onnx_extra()
     cfg = config_from(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
