@@ -34,7 +34,7 @@ def swept(tmp_path_factory):
 def test_each_scale_tests_the_images_resized_by_it(swept):
     root, _, _ = swept
     result = json.loads((root / 'out/sweep.json').read_text())
-    assert result['metric'] == 'mIoU'
+    assert result['plotted'] == ['mIoU']
     assert [(row['scale'], row['size'])
             for row in result['rows']] == [(0.5, [64, 64]), (1, [128, 128])]
     for row in result['rows']:

@@ -56,10 +56,11 @@ def mmcv_op_modules(module):
 def whole_model_problem(model):
     """Why ``model`` cannot be exported whole, or None."""
     if not is_segmentor(model):
-        return (f'a whole {type(model).__name__} is not exported: '
-                f'detectors\' heads run mmcv ops (RoIAlign, NMS, deformable '
-                f'attention), which ONNX carries only as custom ops '
-                f'(mmdeploy\'s plugins for ONNX Runtime and TensorRT)')
+        return (
+            f'a whole {type(model).__name__} is not exported: '
+            f'detectors\' heads run mmcv ops (RoIAlign and NMS; DINO\'s '
+            f'deformable attention), which ONNX carries only as custom ops '
+            f'(mmdeploy\'s plugins for ONNX Runtime and TensorRT)')
     ops = mmcv_op_modules(model)
     if ops:
         return (f'a whole {type(model).__name__} with '

@@ -1,23 +1,28 @@
-"""Tests one checkpoint at several input scales: the metric, and one image's
-latency and peak memory, at each; writes a table and a plot.
+"""Tests one checkpoint at several input scales: the metrics, and one
+image's latency and peak memory, at each; writes a table and a plot.
 
     python tools/analysis_tools/resolution_sweep.py CONFIG CHECKPOINT \
         --scales 0.5 0.75 1 1.5 2 --out-dir work_dirs/sweep
 
 A scale multiplies the size that the config's test pipeline resizes to (its
 ``Resize``'s ``scale`` or ``scale_factor``); a pipeline without a Resize
-gets one, of that factor, after loading the image. The metric is computed
-as tools/test.py computes it, against the ground truth at its own size
-(MMDetection and MMSegmentation map predictions back to it). Latency is the
-median of --repeat forward passes (``test_step``) of one test image at that
-scale, after --warmup; peak memory is what that forward adds to what the
-process holds (on CUDA, allocated by torch; on the CPU, the resident set).
-Writes DIR/sweep.md, DIR/sweep.json and DIR/sweep.png.
+gets one, of that factor, after loading the image. The metrics are
+computed as tools/test.py computes them, against the ground truth at its
+own size (MMDetection and MMSegmentation map predictions back to it).
+Latency is the median of --repeat forward passes (``test_step``) of one
+test image at that scale, after --warmup; peak memory is what that forward
+adds to what the process holds (on CUDA, allocated by torch; on the CPU,
+the resident set, after malloc has handed its cached heap back). The plot
+shows bbox and segm mAP or mIoU (--metric picks), the table a few more
+metrics, and sweep.json all that the evaluator reports. Writes
+DIR/sweep.md, DIR/sweep.json and DIR/sweep.png.
 """
 import argparse
 import copy
+import ctypes
 import json
 import os.path as osp
+import sys
 import tempfile
 import time
 
@@ -35,8 +40,10 @@ from mmcvt.fileio import install_checkpoint_loaders
 matplotlib.use('Agg')  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-# the metric plotted when --metric names none: the first of these found
-DEFAULT_METRICS = ('coco/segm_mAP', 'coco/bbox_mAP', 'mIoU', 'aAcc')
+# the metrics plotted when --metric names none: those of these reported
+DEFAULT_METRICS = ('coco/bbox_mAP', 'coco/segm_mAP', 'mIoU')
+# shown in the table besides the plotted ones; sweep.json has them all
+SUMMARY_METRICS = ('coco/bbox_mAP_50', 'aAcc', 'mAcc')
 RESIZES = ('Resize', 'mmdet.Resize', 'mmseg.Resize', 'mmcv.Resize')
 
 
@@ -66,7 +73,8 @@ def parse_args(argv=None):
     parser.add_argument('--out-dir', required=True)
     parser.add_argument(
         '--metric',
-        help='the metric to plot (default: the first of '
+        nargs='+',
+        help='the metrics to plot (default: those of '
         f'{", ".join(DEFAULT_METRICS)} that the evaluator reports)')
     parser.add_argument(
         '--warmup',
@@ -113,21 +121,32 @@ def scaled_pipeline(pipeline, scale):
     if load is None:
         raise ValueError('the test pipeline has neither a Resize to scale '
                          'nor a LoadImageFromFile to put one after')
-    pipeline.insert(load + 1,
-                    dict(type='Resize', scale_factor=scale, keep_ratio=True))
+    pipeline.insert(
+        load + 1,
+        dict(type='Resize', scale_factor=float(scale), keep_ratio=True))
     return pipeline
 
 
-def pick_metric(metrics, name):
-    if name is not None:
-        if name not in metrics:
-            raise KeyError(f'--metric {name}: the evaluator reports '
-                           f'{", ".join(metrics)}')
-        return name
-    for candidate in DEFAULT_METRICS:
-        if candidate in metrics:
-            return candidate
-    return next(iter(metrics))
+def release_cached_heap(device):
+    """On the CPU, hands the heap that malloc keeps from earlier work back
+    to the OS, so that the resident set grows with what the next forward
+    allocates: the sweep's test loops leave it larger than one image's
+    forward needs, which would then add nothing to it."""
+    if torch.device(device).type == 'cpu' and sys.platform == 'linux':
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+
+
+def pick_metrics(metrics, names):
+    """The metrics to plot: ``names``, or those of DEFAULT_METRICS in
+    ``metrics``, or else its first."""
+    if names:
+        unknown = [name for name in names if name not in metrics]
+        if unknown:
+            raise KeyError(f'--metric {" ".join(unknown)}: the evaluator '
+                           f'reports {", ".join(metrics)}')
+        return list(names)
+    return [name for name in DEFAULT_METRICS if name in metrics] or \
+        [next(iter(metrics))]
 
 
 def evaluate_at_scale(cfg, checkpoint, scale, work_dir, warmup, repeat):
@@ -157,6 +176,7 @@ def evaluate_at_scale(cfg, checkpoint, scale, work_dir, warmup, repeat):
         size = model.test_step(batch)[0].img_shape
         latency = median_latency(lambda: model.test_step(batch), device,
                                  warmup, repeat)
+        release_cached_heap(device)
         memory = PeakMemory(device).start()
         model.test_step(batch)
         peak = memory.added_mib()
@@ -171,8 +191,11 @@ def evaluate_at_scale(cfg, checkpoint, scale, work_dir, warmup, repeat):
         })
 
 
-def table(rows, metric):
-    names = [metric] + [k for k in rows[0]['metrics'] if k != metric]
+def table(rows, plotted):
+    names = plotted + [
+        name for name in SUMMARY_METRICS
+        if name in rows[0]['metrics'] and name not in plotted
+    ]
     lines = [
         '| scale | input (h x w) | ' + ' | '.join(names) +
         ' | latency (ms) | peak memory (MiB) |',
@@ -187,22 +210,32 @@ def table(rows, metric):
     return '\n'.join(lines)
 
 
-def plot(rows, metric, title, path, device):
+def plot(rows, plotted, title, path, device):
+    """Three panels against scale: the plotted metrics, latency and peak
+    memory."""
     scales = [row['scale'] for row in rows]
     labels = [
         f'{row["scale"]:g}\n{row["size"][0]}x{row["size"][1]}' for row in rows
     ]
+    memory = 'allocated' if device == 'cuda' else 'resident set'
     panels = [
-        (metric, [row['metrics'][metric] for row in rows]),
-        (f'latency of one image (ms), {device}',
-         [row['latency_ms'] for row in rows]),
-        ('peak memory added (MiB), ' +
-         ('CUDA, allocated' if device == 'cuda' else 'CPU, resident set'),
-         [row['peak_memory_mib'] for row in rows])
+        (', '.join(plotted), {
+            name: [row['metrics'][name] for row in rows]
+            for name in plotted
+        }),
+        (f'latency of one image (ms), {device.upper()}', {
+            None: [row['latency_ms'] for row in rows]
+        }),
+        (f'peak memory it adds (MiB), {memory}', {
+            None: [row['peak_memory_mib'] for row in rows]
+        }),
     ]
     figure, axes = plt.subplots(1, 3, figsize=(11, 3.2))
-    for ax, (name, values) in zip(axes, panels):
-        ax.plot(scales, values, marker='o')
+    for ax, (name, lines) in zip(axes, panels):
+        for label, values in lines.items():
+            ax.plot(scales, values, marker='o', label=label)
+        if len(lines) > 1:
+            ax.legend(fontsize=8)
         ax.set_title(name, fontsize=10)
         ax.set_xticks(scales, labels, fontsize=8)
         ax.set_xlabel('scale, input size', fontsize=9)
@@ -231,10 +264,10 @@ def main(argv=None):
                                   osp.join(work_dir, f'scale_{scale:g}'),
                                   args.warmup, args.repeat))
             print(f'scale {scale:g}: {rows[-1]["metrics"]}', flush=True)
-    metric = pick_metric(rows[0]['metrics'], args.metric)
+    plotted = pick_metrics(rows[0]['metrics'], args.metric)
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
     mmengine.mkdir_or_exist(args.out_dir)
-    markdown = table(rows, metric)
+    markdown = table(rows, plotted)
     with open(osp.join(args.out_dir, 'sweep.md'), 'w') as f:
         f.write(markdown + '\n')
     with open(osp.join(args.out_dir, 'sweep.json'), 'w') as f:
@@ -242,13 +275,13 @@ def main(argv=None):
             dict(
                 config=args.config,
                 checkpoint=args.checkpoint,
-                metric=metric,
+                plotted=plotted,
                 device=device,
                 rows=rows),
             f,
             indent=1)
-    plot(rows, metric, f'{osp.basename(args.config)}: {metric} against '
-         f'input scale', osp.join(args.out_dir, 'sweep.png'), device)
+    plot(rows, plotted, f'{osp.basename(args.config)}, {device.upper()}',
+         osp.join(args.out_dir, 'sweep.png'), device)
     print(markdown)
     print(f'-> {osp.join(args.out_dir, "sweep.md")}, sweep.json, sweep.png')
 

@@ -23,6 +23,7 @@ import re
 import sys
 import time
 
+import mmengine
 from mmengine.config import DictAction
 from mmengine.runner import load_checkpoint
 
@@ -137,6 +138,8 @@ def main(argv=None):
     install_checkpoint_loaders()  # weights-only Runner checkpoints
     args = parse_args(argv)
     check_onnx_extra()
+    # before the minutes of the export, not after
+    mmengine.mkdir_or_exist(os.path.dirname(os.path.abspath(args.out)))
     cfg = config_from(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
