@@ -212,8 +212,8 @@ def table(rows, plotted):
 
 def plot(rows, plotted, title, path, device):
     """Three panels against scale: the plotted metrics, latency and peak
-    memory."""
-    scales = [row['scale'] for row in rows]
+    memory; the scales evenly spaced, each labelled with its input size."""
+    scales = range(len(rows))
     labels = [
         f'{row["scale"]:g}\n{row["size"][0]}x{row["size"][1]}' for row in rows
     ]
