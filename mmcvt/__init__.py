@@ -15,9 +15,17 @@ if torch_version_problem(torch.__version__):
     # one line here, rather than an AttributeError deep in an import below
     raise ImportError(torch_version_problem(torch.__version__))
 
-from . import engine  # noqa: E402,F401  registers the runner, hook, wrapper
-from . import models  # noqa: E402,F401  registers the modules
-from .fileio import register_hf_loader  # noqa: E402
+try:
+    from . import engine  # noqa: F401  registers the runner, hooks, wrapper
+    from . import models  # noqa: F401  registers the modules
+    from .fileio import register_hf_loader
+except ModuleNotFoundError as error:
+    module = (error.name or __name__).split('.')[0]
+    if module == __name__:
+        raise
+    # python -m mmcvt.doctor cannot run either: say here what to install
+    from .doctor import missing_module_message
+    raise ImportError(missing_module_message(module)) from error
 
 register_hf_loader()
 

@@ -67,6 +67,34 @@ def installed_version(name):
         return None
 
 
+def install_command(requirement):
+    """The command that installs a requirement as mmcvt needs it: mmcv
+    built with its compiled ops, the others from PyPI."""
+    if requirement.name == 'mmcv':
+        return MMCV_BUILD.format(cuda='')
+    return f'pip install "{requirement}"'
+
+
+# the distributions of modules that mmcvt imports under another name
+_DISTRIBUTIONS = {'mmseg': 'mmsegmentation', 'cv2': 'opencv-python'}
+
+
+def missing_module_message(module):
+    """What ``import mmcvt`` says when a module it imports is missing, which
+    keeps this doctor from running: the requirement, and its install
+    command."""
+    distribution = _DISTRIBUTIONS.get(module, module)
+    try:
+        requirement = next(r for r in requirements()
+                           if r.name.lower() == distribution.lower())
+        fix = install_command(requirement)
+    except Exception:  # no installed metadata, no packaging, no such entry
+        fix = f'pip install {distribution}'
+    return (f'mmcvt needs {module}, which this environment lacks: {fix} (or '
+            f'`make install` in a checkout), then `python -m mmcvt.doctor` '
+            f'checks the rest')
+
+
 def check_python():
     required = metadata.metadata('mmcvt')['Requires-Python'] or ''
     version = platform.python_version()
@@ -99,11 +127,7 @@ def check_packages():
             else:
                 others.append(requirement.name)
             continue
-        if requirement.name == 'mmcv':
-            fix = MMCV_BUILD.format(cuda='')
-        else:
-            fix = f'pip install "{requirement}"'
-        findings.append(Finding(FAIL, problem, fix))
+        findings.append(Finding(FAIL, problem, install_command(requirement)))
     if others:
         findings.append(
             Finding(
@@ -197,7 +221,7 @@ def check_registries():
             requirement, = (r for r in requirements() if r.name == package)
             findings.append(
                 Finding(FAIL, f'{scope} does not import ({error})',
-                        f'pip install "{requirement}"'))
+                        install_command(requirement)))
             continue
         found = registry.get('CvT')
         if found is not CvT:

@@ -145,3 +145,21 @@ def test_a_missing_onnx_extra_is_no_failure(monkeypatch, name):
     status, printed = run_doctor()
     assert status == 0
     assert f'ONNX export extra: {name} not installed' in printed
+
+
+@pytest.mark.parametrize('module, fix', [
+    ('mmengine', 'pip install "mmengine<0.11,>=0.10.0"'),
+    ('mmcv', 'MMCV_WITH_OPS=1 pip install --no-build-isolation'),
+])
+def test_a_module_missing_to_import_mmcvt_says_what_to_install(module, fix):
+    # `import mmcvt` runs before the doctor can: it gives the command itself
+    result = subprocess.run(
+        [sys.executable, '-c',
+         f'import sys; sys.modules[{module!r}] = None; import runpy; '
+         f'runpy.run_module("mmcvt.doctor", run_name="__main__")'],
+        capture_output=True, text=True)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f'ImportError: mmcvt needs {module}, which this '
+                           f'environment lacks: ')
+    assert fix in last
