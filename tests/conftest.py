@@ -1,7 +1,30 @@
 import pytest
 import torch
 
-from .utils import FIXTURES, HF_ARCH
+from .utils import FIXTURES, HF_ARCH, load_tool
+
+
+def _make_shapes(tmp_path_factory, task):
+    """The built-in shapes data for ``task``: 16 training and 8 validation
+    images of 128x128 (tools/misc/make_shapes_dataset.py; image i of a split
+    is the same whatever the counts)."""
+    root = tmp_path_factory.mktemp(f'shapes_{task}')
+    load_tool('misc/make_shapes_dataset.py').main(
+        ['--task', task, '--out', str(root), '--num-train', '16',
+         '--num-val', '8'])
+    return root
+
+
+@pytest.fixture(scope='session')
+def shapes(tmp_path_factory):
+    """The instance shapes data (COCO layout), for the Mask R-CNN demo."""
+    return _make_shapes(tmp_path_factory, 'instance')
+
+
+@pytest.fixture(scope='session')
+def shapes_seg(tmp_path_factory):
+    """The semantic shapes data (ADE20K layout), for the UperNet demo."""
+    return _make_shapes(tmp_path_factory, 'semseg')
 
 
 @pytest.fixture(scope='session')

@@ -20,7 +20,7 @@ from mmcvt.fileio import TRUST_VARIABLE, load_from_local_file
 from mmcvt.fileio.unpickling import file_sha256
 from mmcvt.models import CvT
 
-from .utils import REPO, TINY, load_tool
+from .utils import REPO, TINY, load_tool, shapes_options
 
 make_shapes = load_tool('misc/make_shapes_dataset.py')
 train_tool = load_tool('train.py')
@@ -210,14 +210,6 @@ def test_mmcvts_loader_leaves_historybuffers_statistics_alone(crafted):
 
 # the tools, on the shapes demo with a tiny CvT
 @pytest.fixture(scope='module')
-def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp('shapes')
-    make_shapes.main(['--task', 'instance', '--out', str(root),
-                      '--num-train', '4', '--num-val', '2'])
-    return root
-
-
-@pytest.fixture(scope='module')
 def tiny_demo(tmp_path_factory):
     """The Mask R-CNN demo config with a tiny CvT."""
     config = tmp_path_factory.mktemp('config') / 'tiny_demo.py'
@@ -228,20 +220,12 @@ def tiny_demo(tmp_path_factory):
     return config
 
 
-def shapes_options(shapes, work_dir):
-    return ['--work-dir', str(work_dir), '--cfg-options'] + [
-        f'{split}_dataloader.dataset.data_root={shapes}/'
-        for split in ('train', 'val', 'test')
-    ] + [f'{split}_evaluator.ann_file={shapes}/annotations/'
-         f'instances_val.json' for split in ('val', 'test')]
-
-
 def test_tools_test_py_refuses_each_file_unrun(crafted_file, marker, shapes,
                                                tiny_demo, tmp_path):
     name, path = crafted_file
     with pytest.raises(pickle.UnpicklingError, match=refusal(name, path)):
         test_tool.main([str(tiny_demo), str(path)] +
-                       shapes_options(shapes, tmp_path))
+                       shapes_options(shapes, tmp_path, tmp_path.name))
     assert not marker.exists()
 
 
@@ -250,7 +234,7 @@ def test_train_py_resume_refuses_each_file_unrun(crafted_file, marker,
     name, path = crafted_file
     with pytest.raises(pickle.UnpicklingError, match=refusal(name, path)):
         train_tool.main([str(tiny_demo), '--resume', str(path)] +
-                        shapes_options(shapes, tmp_path))
+                        shapes_options(shapes, tmp_path, tmp_path.name))
     assert not marker.exists()
 
 
@@ -337,10 +321,7 @@ def test_a_checkpoint_of_mmdetections_runner_loads_with_its_logs(
 
 
 def test_a_checkpoint_of_mmsegmentations_runner_loads_with_its_logs(
-        tmp_path_factory, tmp_path):
-    root = tmp_path_factory.mktemp('shapes_seg')
-    make_shapes.main(['--task', 'semseg', '--out', str(root),
-                      '--num-train', '2', '--num-val', '1'])
+        shapes_seg, tmp_path):
     checkpoint = train_one_iteration_with_mmengines_runner(
         REPO / 'configs/demo/upernet_cvt13_shapes.py', tmp_path,
         model=dict(backbone=dict(arch=dict(TINY, _delete_=True)),
@@ -348,7 +329,7 @@ def test_a_checkpoint_of_mmsegmentations_runner_loads_with_its_logs(
             in_channels=TINY['embed_dims']), auxiliary_head=dict(
                 in_channels=TINY['embed_dims'][2])),
         train_dataloader=dict(batch_size=2,
-                              dataset=dict(data_root=f'{root}/')))
+                              dataset=dict(data_root=f'{shapes_seg}/')))
     loaded = load_from_local_file(str(checkpoint))
     assert type(loaded['message_hub']['log_scalars']['train/loss']) is \
         HistoryBuffer
@@ -385,7 +366,7 @@ def test_tools_test_py_refuses_a_checkpoint_of_nan_weights(
                        r'not finite .* in 1 tensors: \[backbone.stages.2.'
                        r'blocks.1.ffn.layers.1.weight\]'):
         test_tool.main([str(tiny_demo), str(tmp_path / 'nan.pth')] +
-                       shapes_options(shapes, tmp_path))
+                       shapes_options(shapes, tmp_path, tmp_path.name))
 
 
 def test_cvts_init_cfg_refuses_nan_weights(tmp_path):

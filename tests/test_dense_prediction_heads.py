@@ -22,7 +22,6 @@ from mmcvt.models import CvT, ExtraLevels
 
 from .utils import REPO, TINY, load_repo_config, load_tool
 
-make_shapes = load_tool('misc/make_shapes_dataset.py')
 gather_results = load_tool('analysis_tools/gather_results.py')
 get_flops = load_tool('analysis_tools/get_flops.py')
 train_step_benchmark = load_tool('analysis_tools/benchmark_train_step.py')
@@ -57,26 +56,8 @@ def cvt13_config_of(path):
     return CVT21_TWINS.get(path, path)
 
 
-@pytest.fixture(scope='module')
-def shapes(tmp_path_factory):
-    """The instance shapes data, 2 training images."""
-    root = tmp_path_factory.mktemp('shapes')
-    make_shapes.main(['--task', 'instance', '--out', str(root),
-                      '--num-train', '2', '--num-val', '1'])
-    return root
-
-
-@pytest.fixture(scope='module')
-def shapes_seg(tmp_path_factory):
-    """The semantic shapes data, 2 training images."""
-    root = tmp_path_factory.mktemp('shapes_seg')
-    make_shapes.main(['--task', 'semseg', '--out', str(root),
-                      '--num-train', '2', '--num-val', '1'])
-    return root
-
-
 def shapes_batch(scope, shapes, shapes_seg, side=128):
-    """The 2 training images of the shapes data, resized to side x side,
+    """The first 2 training images of the shapes data, resized to side x side,
     without random transforms: the same batch at every step."""
     if scope == 'mmdet':
         demo, root = 'configs/demo/maskrcnn_cvt13_shapes.py', shapes

@@ -1,6 +1,7 @@
 """Mask R-CNN with CvT: the shipped configs, the tools and the demo, on the
 built-in shapes data."""
 import copy
+import functools
 
 import pytest
 import torch
@@ -13,7 +14,8 @@ from mmcvt.fileio import load_from_local_file
 from mmcvt.models import CvT
 
 from .utils import (REPO, dist_train, load_repo_config, load_tool,
-                    predictions_png_cells, save_untrained_checkpoint)
+                    predictions_png_cells, save_untrained_checkpoint,
+                    shapes_options)
 
 make_shapes = load_tool('misc/make_shapes_dataset.py')
 train_tool = load_tool('train.py')
@@ -35,35 +37,14 @@ DINO_MASK2FORMER_CONFIGS = [
 ]
 
 
-@pytest.fixture(scope='module')
-def shapes(tmp_path_factory):
-    """A small shapes data set: 16 training and 8 validation images."""
-    root = tmp_path_factory.mktemp('shapes')
-    make_shapes.main(['--task', 'instance', '--out', str(root),
-                      '--num-train', '16', '--num-val', '8'])
-    return root
-
-
-def shapes_options(root, work_dir, name, **extra):
-    """--cfg-options that point the demo config at `root` for one short
-    epoch of 4 iterations."""
-    options = {
-        'train_dataloader.dataset.data_root': f'{root}/',
-        'val_dataloader.dataset.data_root': f'{root}/',
-        'test_dataloader.dataset.data_root': f'{root}/',
-        'val_evaluator.ann_file': f'{root}/annotations/instances_val.json',
-        'test_evaluator.ann_file': f'{root}/annotations/instances_val.json',
-        'train_dataloader.batch_size': '4',
-        'train_cfg.max_epochs': '1',
-        'train_cfg.val_interval': '1',
-        'default_hooks.checkpoint.interval': '1',
-        # unique: runners made in one second would share their logger
-        'experiment_name': name,
-    }
-    options.update(extra)
-    return ['--work-dir', str(work_dir), '--cfg-options'] + [
-        f'{k}={v}' for k, v in options.items()
-    ]
+# One short epoch of 4 iterations (16 images, batch 4), unless a test says
+# otherwise
+demo_options = functools.partial(shapes_options, **{
+    'train_dataloader.batch_size': '4',
+    'train_cfg.max_epochs': '1',
+    'train_cfg.val_interval': '1',
+    'default_hooks.checkpoint.interval': '1',
+})
 
 
 # ---- configs ----------------------------------------------------------------
@@ -191,7 +172,7 @@ AP50_FLOOR = 0.1
 @pytest.fixture(scope='module')
 def demo_run(shapes, tmp_path_factory):
     work_dir = tmp_path_factory.mktemp('demo')
-    train_tool.main([str(REPO / DEMO)] + shapes_options(
+    train_tool.main([str(REPO / DEMO)] + demo_options(
         shapes, work_dir, 'demo-train', **DEMO_TRAINING))
     return work_dir
 
@@ -205,7 +186,7 @@ def test_the_demo_learns_boxes_and_masks_above_the_ap50_floor(
         demo_checkpoint, shapes):
     metrics = test_tool.main(
         [str(REPO / DEMO), str(demo_checkpoint)] +
-        shapes_options(shapes, demo_checkpoint.parent, 'demo-test'))
+        demo_options(shapes, demo_checkpoint.parent, 'demo-test'))
     assert metrics['coco/bbox_mAP_50'] > AP50_FLOOR
     assert metrics['coco/segm_mAP_50'] > AP50_FLOOR
 
@@ -213,7 +194,7 @@ def test_the_demo_learns_boxes_and_masks_above_the_ap50_floor(
 def test_an_untrained_detector_stays_below_the_ap50_floor(shapes, tmp_path):
     checkpoint = save_untrained_checkpoint(DEMO, tmp_path / 'untrained.pth')
     metrics = test_tool.main([str(REPO / DEMO), str(checkpoint)] +
-                             shapes_options(shapes, tmp_path, 'untrained'))
+                             demo_options(shapes, tmp_path, 'untrained'))
     assert metrics['coco/bbox_mAP_50'] < AP50_FLOOR
     assert metrics['coco/segm_mAP_50'] < AP50_FLOOR
 
@@ -269,7 +250,7 @@ def test_a_detector_checkpoint_loads_into_the_backbone(demo_checkpoint):
 # ---- a checkpoint of another model ------------------------------------------
 def run_test_tool(checkpoint, shapes, work_dir):
     return test_tool.main([str(REPO / DEMO), str(checkpoint)] +
-                          shapes_options(shapes, work_dir, 'foreign'))
+                          demo_options(shapes, work_dir, 'foreign'))
 
 
 def run_show_predictions(checkpoint, shapes, work_dir):
@@ -338,7 +319,7 @@ def test_resume_continues_an_interrupted_run_from_its_last_checkpoint(
     interrupted = demo_with_hooks(
         tmp_path, 'interrupted', [dict(type='InterruptAfterIter', after_iter=6)])
     with pytest.raises(Interrupted):
-        train_tool.main([interrupted] + shapes_options(
+        train_tool.main([interrupted] + demo_options(
             shapes, tmp_path, 'interrupted', **two_epochs))
     assert (tmp_path / 'epoch_1.pth').is_file()
     assert not (tmp_path / 'epoch_2.pth').exists()
@@ -347,7 +328,7 @@ def test_resume_continues_an_interrupted_run_from_its_last_checkpoint(
     RecordResumedState.records.clear()
     resumed = demo_with_hooks(tmp_path, 'resumed',
                               [dict(type='RecordResumedState')])
-    train_tool.main([resumed, '--resume'] + shapes_options(
+    train_tool.main([resumed, '--resume'] + demo_options(
         shapes, tmp_path, 'resumed', **two_epochs))
     start = RecordResumedState.records[0]
     assert (start['epoch'], start['iter']) == (1, 4)
@@ -366,7 +347,7 @@ def test_resume_continues_an_interrupted_run_from_its_last_checkpoint(
 def test_dist_train_sh_trains_two_cpu_processes_over_gloo_with_a_frozen_stage(
         shapes, tmp_path):
     returncode, log = dist_train(
-        REPO / DEMO, 2, *shapes_options(
+        REPO / DEMO, 2, *demo_options(
             shapes, tmp_path, 'dist', **{
                 'train_dataloader.batch_size': '2',
                 'train_cfg.val_interval': '2',

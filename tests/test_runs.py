@@ -4,6 +4,7 @@ from its own work dir's checkpoints however the dir was moved or copied,
 holds its work dir against a second training, and stops at the first
 non-finite loss without saving over the last good checkpoint."""
 import collections
+import functools
 import json
 import math
 import os
@@ -28,9 +29,8 @@ from mmcvt.engine.work_dir_lock import LOCK_NAME, STALE_AFTER_S
 from mmcvt.fileio import load_from_local_file
 
 from .test_checkpoints import build_linear_runner, recorder
-from .utils import REPO, TINY, load_tool
+from .utils import REPO, TINY, load_tool, shapes_options
 
-make_shapes = load_tool('misc/make_shapes_dataset.py')
 train_tool = load_tool('train.py')
 test_tool = load_tool('test.py')
 
@@ -127,18 +127,9 @@ def config_file(directory, name, base, hooks=()):
     return str(path)
 
 
-def cfg_options(data, work_dir, name, **extra):
-    options = {
-        'train_dataloader.dataset.data_root': f'{data}/',
-        'val_dataloader.dataset.data_root': f'{data}/',
-        'train_dataloader.batch_size': '4',
-        # unique: runners made in one second would share their logger
-        'experiment_name': name,
-        **extra,
-    }
-    return ['--work-dir', str(work_dir), '--cfg-options'] + [
-        f'{key}={value}' for key, value in options.items()
-    ]
+# batch 4 of the 16 training images, unless a test says otherwise
+cfg_options = functools.partial(shapes_options,
+                                **{'train_dataloader.batch_size': '4'})
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -157,19 +148,9 @@ def newest_log(work_dir):
 
 
 # ---- Mask R-CNN: 2 epochs of 4 iterations, validated after each -----------
-@pytest.fixture(scope='module')
-def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp('shapes')
-    make_shapes.main(['--task', 'instance', '--out', str(root),
-                      '--num-train', '16', '--num-val', '2'])
-    return root
-
-
 def detection_options(shapes, work_dir, name, **extra):
     return cfg_options(
         shapes, work_dir, name, **{
-            'val_evaluator.ann_file': f'{shapes}/annotations/'
-            'instances_val.json',
             'train_cfg.max_epochs': '2',
             'train_cfg.val_interval': '1',
             'default_hooks.checkpoint.interval': '1',
@@ -246,14 +227,6 @@ def test_random_states_round_trip_through_the_weights_only_unpickler(
 
 # ---- UperNet: an IterBasedTrainLoop, 6 iterations, saved and validated ----
 # after the third
-@pytest.fixture(scope='module')
-def shapes_seg(tmp_path_factory):
-    root = tmp_path_factory.mktemp('shapes_seg')
-    make_shapes.main(['--task', 'semseg', '--out', str(root),
-                      '--num-train', '16', '--num-val', '2'])
-    return root
-
-
 def train_segmentation(tmp, shapes_seg, work_dir, name, hooks=(), args=(),
                        **options):
     config = config_file(tmp, name, TINY_SEGMENTATION, hooks)
@@ -404,12 +377,8 @@ def test_testing_the_checkpoint_of_a_training_that_holds_its_work_dir(
     config = config_file(tmp_path, 'test-beside', TINY_DETECTION)
     with hold_work_dir(lock_cfg(work_dir)):
         metrics = test_tool.main(
-            [config, str(work_dir / 'epoch_2.pth')] + cfg_options(
-                shapes, work_dir, 'test-beside', **{
-                    'test_dataloader.dataset.data_root': f'{shapes}/',
-                    'test_evaluator.ann_file':
-                    f'{shapes}/annotations/instances_val.json'
-                }))
+            [config, str(work_dir / 'epoch_2.pth')] +
+            cfg_options(shapes, work_dir, 'test-beside'))
     assert 'coco/bbox_mAP' in metrics
 
 

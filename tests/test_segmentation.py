@@ -1,5 +1,7 @@
 """UperNet with CvT: the shipped configs and the demo, on the semantic
 version of the built-in shapes data."""
+import functools
+
 import mmcv
 import numpy as np
 import pytest
@@ -10,9 +12,9 @@ from mmengine.optim import build_optim_wrapper
 from mmengine.registry import DATASETS, MODELS
 
 from .utils import (REPO, dist_train, load_repo_config, load_tool,
-                    predictions_png_cells, save_untrained_checkpoint)
+                    predictions_png_cells, save_untrained_checkpoint,
+                    shapes_options)
 
-make_shapes = load_tool('misc/make_shapes_dataset.py')
 train_tool = load_tool('train.py')
 test_tool = load_tool('test.py')
 show_predictions = load_tool('misc/show_predictions.py')
@@ -22,22 +24,14 @@ ADE_CONFIGS = ['configs/upernet_cvt13_ade20k.py',
                'configs/upernet_cvt21_ade20k.py']
 
 
-@pytest.fixture(scope='module')
-def shapes(tmp_path_factory):
-    """A small semantic shapes data set: 16 training, 8 validation images."""
-    root = tmp_path_factory.mktemp('shapes_seg')
-    make_shapes.main(['--task', 'semseg', '--out', str(root),
-                      '--num-train', '16', '--num-val', '8'])
-    return root
-
-
 def demo_dataset(root, split='train'):
     loader = load_repo_config(DEMO)[f'{split}_dataloader']
     return DATASETS.build(dict(loader.dataset, data_root=f'{root}/'))
 
 
 @pytest.mark.parametrize('path', ADE_CONFIGS + [DEMO])
-def test_a_config_builds_and_takes_a_finite_training_step(path, shapes):
+def test_a_config_builds_and_takes_a_finite_training_step(path,
+                                                         shapes_seg):
     cfg = load_repo_config(path)
     cfg.model.backbone.init_cfg = None  # no network for hf:// here
     # pad the 128x128 images to 128, not the ADE20K crop of 512: one step
@@ -47,7 +41,7 @@ def test_a_config_builds_and_takes_a_finite_training_step(path, shapes):
     model = revert_sync_batchnorm(MODELS.build(cfg.model))
     model.init_weights()
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
-    dataset = demo_dataset(shapes)
+    dataset = demo_dataset(shapes_seg)
     batch = pseudo_collate([dataset[i] for i in range(2)])
     losses = model.train_step(batch, optim_wrapper)
     assert losses and all(torch.isfinite(v) for v in losses.values())
@@ -103,29 +97,20 @@ def test_whole_image_inference_takes_a_size_not_divisible_by_32():
 
 
 def test_the_shapes_semseg_labels_are_background_and_one_class_per_shape(
-        shapes):
-    sample = demo_dataset(shapes, 'val')[0]['data_samples']
+        shapes_seg):
+    sample = demo_dataset(shapes_seg, 'val')[0]['data_samples']
     labels = set(sample.gt_sem_seg.data.unique().tolist())
     assert 0 in labels and labels <= {0, 1, 2, 3}
 
 
 # ---- the demo, end to end ---------------------------------------------------
-def shapes_options(root, work_dir, name, **extra):
-    """--cfg-options that point the demo config at `root` for 4 iterations."""
-    options = {
-        'train_dataloader.dataset.data_root': f'{root}/',
-        'val_dataloader.dataset.data_root': f'{root}/',
-        'test_dataloader.dataset.data_root': f'{root}/',
-        'train_dataloader.batch_size': '4',
-        'train_cfg.max_iters': '4',
-        'train_cfg.val_interval': '4',
-        'default_hooks.checkpoint.interval': '4',
-        'experiment_name': name,
-    }
-    options.update(extra)
-    return ['--work-dir', str(work_dir), '--cfg-options'] + [
-        f'{k}={v}' for k, v in options.items()
-    ]
+# 4 iterations (batch 4), unless a test says otherwise
+demo_options = functools.partial(shapes_options, **{
+    'train_dataloader.batch_size': '4',
+    'train_cfg.max_iters': '4',
+    'train_cfg.val_interval': '4',
+    'default_hooks.checkpoint.interval': '4',
+})
 
 
 # Long enough to learn the shapes: 20 iterations (batch 4) reach an mIoU of
@@ -144,10 +129,10 @@ DEMO_TRAINING = {
 
 
 @pytest.fixture(scope='module')
-def demo_run(shapes, tmp_path_factory):
+def demo_run(shapes_seg, tmp_path_factory):
     work_dir = tmp_path_factory.mktemp('demo_seg')
-    train_tool.main([str(REPO / DEMO)] + shapes_options(
-        shapes, work_dir, 'seg-train', **DEMO_TRAINING))
+    train_tool.main([str(REPO / DEMO)] + demo_options(
+        shapes_seg, work_dir, 'seg-train', **DEMO_TRAINING))
     return work_dir
 
 
@@ -169,30 +154,30 @@ def best_constant_miou(root):
 
 
 def test_the_demo_learns_the_shapes_beyond_any_constant_prediction(
-        demo_checkpoint, shapes):
+        demo_checkpoint, shapes_seg):
     metrics = test_tool.main([str(REPO / DEMO), str(demo_checkpoint)] +
-                             shapes_options(shapes, demo_checkpoint.parent,
+                             demo_options(shapes_seg, demo_checkpoint.parent,
                                             'seg-test'))
-    assert metrics['mIoU'] > best_constant_miou(shapes)
+    assert metrics['mIoU'] > best_constant_miou(shapes_seg)
 
 
 def test_an_untrained_model_stays_below_the_constant_prediction_floor(
-        shapes, tmp_path):
+        shapes_seg, tmp_path):
     checkpoint = save_untrained_checkpoint(DEMO, tmp_path / 'untrained.pth')
     metrics = test_tool.main([str(REPO / DEMO), str(checkpoint)] +
-                             shapes_options(shapes, tmp_path, 'untrained'))
-    assert metrics['mIoU'] < best_constant_miou(shapes)
+                             demo_options(shapes_seg, tmp_path, 'untrained'))
+    assert metrics['mIoU'] < best_constant_miou(shapes_seg)
 
 
 def test_show_predictions_draws_segmentation_overlays(demo_checkpoint,
-                                                       shapes, tmp_path):
+                                                       shapes_seg, tmp_path):
     out = tmp_path / 'predictions.png'
     show_predictions.main([
         str(REPO / DEMO), str(demo_checkpoint), '--out', str(out),
         '--num', '2', '--cfg-options',
-        f'test_dataloader.dataset.data_root={shapes}/'
+        f'test_dataloader.dataset.data_root={shapes_seg}/'
     ])
-    dataset = demo_dataset(shapes, 'val')
+    dataset = demo_dataset(shapes_seg, 'val')
     images = [dataset.get_data_info(i)['img_path'] for i in range(2)]
     for image, truth, predictions in predictions_png_cells(
             out, images, columns=2):
@@ -201,11 +186,11 @@ def test_show_predictions_draws_segmentation_overlays(demo_checkpoint,
 
 
 def test_dist_train_sh_trains_syncbn_heads_in_two_cpu_processes(
-        shapes, tmp_path):
+        shapes_seg, tmp_path):
     # the heads of the ADE20K configs, which SyncBatchNorm fails on the CPU
     returncode, log = dist_train(
-        REPO / DEMO, 2, *shapes_options(
-            shapes, tmp_path, 'dist-seg', **{
+        REPO / DEMO, 2, *demo_options(
+            shapes_seg, tmp_path, 'dist-seg', **{
                 'model.decode_head.norm_cfg.type': 'SyncBN',
                 'model.auxiliary_head.norm_cfg.type': 'SyncBN',
                 'train_dataloader.batch_size': '2',

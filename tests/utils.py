@@ -50,6 +50,28 @@ def load_repo_config(path):
     return cfg
 
 
+def shapes_options(root, work_dir, name, **options):
+    """Arguments of tools/train.py and tools/test.py that point a shapes
+    demo config at the data in ``root`` (either layout) and at ``work_dir``,
+    with ``options`` (``--cfg-options`` keys and values) over them."""
+    settings = {
+        f'{split}_dataloader.dataset.data_root': f'{root}/'
+        for split in ('train', 'val', 'test')
+    }
+    annotations = Path(root) / 'annotations' / 'instances_val.json'
+    if annotations.is_file():  # CocoMetric reads its own
+        settings.update({
+            f'{split}_evaluator.ann_file': str(annotations)
+            for split in ('val', 'test')
+        })
+    # unique: runners made in one second would share their logger
+    settings['experiment_name'] = name
+    settings.update(options)
+    return ['--work-dir', str(work_dir), '--cfg-options'] + [
+        f'{key}={value}' for key, value in settings.items()
+    ]
+
+
 def save_untrained_checkpoint(config, path, seed=0):
     """Saves the freshly initialised model of a repository config (``config``
     relative to it) as a checkpoint the tools load: the untrained baseline
