@@ -10,7 +10,7 @@ DEMO_DIR := work_dirs/demo_maskrcnn
 DEMO_SEG_CONFIG := configs/demo/upernet_cvt13_shapes.py
 DEMO_SEG_DIR := work_dirs/demo_upernet
 
-.PHONY: install test demo demo-seg
+.PHONY: install test test-fast lint format demo demo-seg
 
 install: $(INSTALLED)
 
@@ -20,6 +20,23 @@ $(INSTALLED): tools/install.sh setup.py $(wildcard requirements/*.txt)
 
 test: $(INSTALLED)
 	$(PY) -m pytest tests
+
+# The edit-test loop: everything but the tests marked slow (the demos'
+# training, compiling, exporting, packaging), in a few minutes
+test-fast: $(INSTALLED)
+	$(PY) -m pytest tests -m "not slow"
+
+# Style, as MMDetection checks it: flake8, isort and yapf with setup.cfg's
+# settings (requirements/lint.txt); `make format` rewrites what they find
+LINTED := mmcvt configs tools tests setup.py
+lint: $(INSTALLED)
+	$(PY) -m flake8 $(LINTED)
+	$(PY) -m isort --check-only --diff $(LINTED)
+	$(PY) -m yapf --diff --recursive $(LINTED)
+
+format: $(INSTALLED)
+	$(PY) -m isort $(LINTED)
+	$(PY) -m yapf --in-place --recursive $(LINTED)
 
 # A demo on built-in data, trained from scratch on the CPU: generate the
 # shapes data if missing, train, test the last checkpoint, and draw the

@@ -1,7 +1,6 @@
 import os
 import shutil
 from pathlib import Path
-
 from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
@@ -17,8 +16,10 @@ def read_requirements(name):
     """Requirement lines of requirements/<name>.txt; the pins' reasons are
     the comments there."""
     lines = (HERE / 'requirements' / f'{name}.txt').read_text().splitlines()
-    return [line.strip() for line in lines
-            if line.strip() and not line.lstrip().startswith('#')]
+    return [
+        line.strip() for line in lines
+        if line.strip() and not line.lstrip().startswith('#')
+    ]
 
 
 class BuildPyWithConfigs(build_py):
@@ -43,8 +44,10 @@ class BuildPyWithConfigs(build_py):
             else:
                 copy = Path(self.build_lib) / 'mmcvt' / MIM / name
                 shutil.rmtree(copy, ignore_errors=True)  # files since removed
-                shutil.copytree(HERE / name, copy,
-                                ignore=shutil.ignore_patterns('__pycache__'))
+                shutil.copytree(
+                    HERE / name,
+                    copy,
+                    ignore=shutil.ignore_patterns('__pycache__'))
 
 
 version = {}
@@ -69,6 +72,8 @@ setup(
         'tests': read_requirements('tests'),
         # tools/deployment/export_onnx.py
         'onnx': read_requirements('onnx'),
+        # `make lint` and `make format`
+        'lint': read_requirements('lint'),
         'torch': [f'torch>={version["TORCH_MINIMUM"]}'],
     },
     cmdclass={'build_py': BuildPyWithConfigs},

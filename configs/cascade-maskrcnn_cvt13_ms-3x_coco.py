@@ -12,8 +12,7 @@ _base_ = [
 custom_imports = dict(imports=['mmcvt'], allow_failed_imports=False)
 
 model = dict(
-    backbone=dict(_base_.cvt13_backbone, _delete_=True),
-    neck=_base_.cvt13_fpn)
+    backbone=dict(_base_.cvt13_backbone, _delete_=True), neck=_base_.cvt13_fpn)
 # Our AdamW at lr 1e-4, the Swin recipe's, in place of ConvNeXt's layer-wise
 # lr decay at 2e-4; in fp32 like our other configs (tools/train.py --amp
 # for mixed precision), where the ConvNeXt config always runs AMP.

@@ -11,16 +11,21 @@ _base_ = [
 custom_imports = dict(imports=['mmcvt'], allow_failed_imports=False)
 
 model = dict(
-    backbone=dict(_base_.cvt13_backbone, _delete_=True),
-    neck=_base_.cvt13_fpn)
+    backbone=dict(_base_.cvt13_backbone, _delete_=True), neck=_base_.cvt13_fpn)
 optim_wrapper = dict(_base_.adamw_optim_wrapper, _delete_=True)
 # each checkpoint written whole before older ones are deleted, so that
 # a kill while saving cannot lose them all (mmcvt.engine)
 default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))
 
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,
-         end=1000),
-    dict(type='MultiStepLR', begin=0, end=12, by_epoch=True,
-         milestones=[8, 11], gamma=0.1),
+    dict(
+        type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,
+        end=1000),
+    dict(
+        type='MultiStepLR',
+        begin=0,
+        end=12,
+        by_epoch=True,
+        milestones=[8, 11],
+        gamma=0.1),
 ]

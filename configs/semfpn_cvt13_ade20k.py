@@ -35,12 +35,16 @@ optim_wrapper = dict(
         norm_decay_mult=0., bias_decay_mult=0., dwconv_decay_mult=0.))
 max_iters = 80000
 param_scheduler = [
-    dict(type='PolyLR', eta_min=0., power=0.9, begin=0, end=max_iters,
-         by_epoch=False)
+    dict(
+        type='PolyLR',
+        eta_min=0.,
+        power=0.9,
+        begin=0,
+        end=max_iters,
+        by_epoch=False)
 ]
 # validation and checkpoints every 8k iterations, as PVT's configs
 train_cfg = dict(max_iters=max_iters, val_interval=8000)
 # each checkpoint written whole before older ones are deleted, so that
 # a kill while saving cannot lose them all (mmcvt.engine)
-default_hooks = dict(
-    checkpoint=dict(type='SafeCheckpointHook', interval=8000))
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook', interval=8000))

@@ -43,10 +43,15 @@ optim_wrapper = dict(
         norm_decay_mult=0., bias_decay_mult=0., dwconv_decay_mult=0.))
 # a linear warm-up of 1500 iterations, then poly decay to 0
 param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0,
-         end=1500),
-    dict(type='PolyLR', eta_min=0.0, power=1.0, begin=1500, end=160000,
-         by_epoch=False),
+    dict(
+        type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
+    dict(
+        type='PolyLR',
+        eta_min=0.0,
+        power=1.0,
+        begin=1500,
+        end=160000,
+        by_epoch=False),
 ]
 
 # each checkpoint written whole before older ones are deleted, so that

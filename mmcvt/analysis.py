@@ -29,19 +29,29 @@ from torch.utils.flop_counter import (FlopCounterMode,
 aten = torch.ops.aten
 
 
-def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None,
+def _cpu_sdpa_flop(query_shape,
+                   key_shape,
+                   value_shape,
+                   *args,
+                   out_shape=None,
                    **kwargs):
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-def _cpu_sdpa_backward_flop(grad_out_shape, query_shape, key_shape,
-                            value_shape, *args, out_shape=None, **kwargs):
+def _cpu_sdpa_backward_flop(grad_out_shape,
+                            query_shape,
+                            key_shape,
+                            value_shape,
+                            *args,
+                            out_shape=None,
+                            **kwargs):
     return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape,
                                     value_shape)
 
 
 CPU_SDPA_FLOPS = {
-    aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flop,
+    aten._scaled_dot_product_flash_attention_for_cpu:
+    _cpu_sdpa_flop,
     aten._scaled_dot_product_flash_attention_for_cpu_backward:
     _cpu_sdpa_backward_flop,
 }
@@ -144,8 +154,9 @@ class PeakMemory:
 
     def peak_mib(self):
         """The peak since :meth:`start`, everything the process holds."""
-        peak = (torch.cuda.max_memory_allocated()
-                if self.cuda else _proc_status_bytes('VmHWM'))
+        peak = (
+            torch.cuda.max_memory_allocated()
+            if self.cuda else _proc_status_bytes('VmHWM'))
         return peak / 2**20
 
     def added_mib(self):

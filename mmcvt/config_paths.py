@@ -42,9 +42,8 @@ def config_path(name):
             f'path under {CONFIG_DIR}, as `python -m mmcvt.config_paths` '
             f'lists them')
     if not path.is_file():
-        raise FileNotFoundError(
-            f'mmcvt ships no config {name!r}; it ships: '
-            f'{", ".join(packaged_configs())}')
+        raise FileNotFoundError(f'mmcvt ships no config {name!r}; it ships: '
+                                f'{", ".join(packaged_configs())}')
     return str(path)
 
 

@@ -9,9 +9,10 @@ def _make_shapes(tmp_path_factory, task):
     images of 128x128 (tools/misc/make_shapes_dataset.py; image i of a split
     is the same whatever the counts)."""
     root = tmp_path_factory.mktemp(f'shapes_{task}')
-    load_tool('misc/make_shapes_dataset.py').main(
-        ['--task', task, '--out', str(root), '--num-train', '16',
-         '--num-val', '8'])
+    load_tool('misc/make_shapes_dataset.py').main([
+        '--task', task, '--out',
+        str(root), '--num-train', '16', '--num-val', '8'
+    ])
     return root
 
 

@@ -6,7 +6,6 @@ import torch
 
 from mmcvt.analysis import count_flops
 from mmcvt.models import CvT
-
 from .utils import REPO, load_tool
 
 get_flops = load_tool('analysis_tools/get_flops.py')
@@ -26,11 +25,10 @@ def cvt13_hand_count(height, width, with_cls_token):
         keys = ((height - 1) // 2 + 1) * ((width - 1) // 2 + 1)
         total += queries * dim * in_dims * k * k
         extra = int(with_cls_token and i == 2)  # the cls token's row
-        per_block = ((queries + 2 * keys) * dim * 9 +
-                     2 * (queries + extra) * dim * dim +
-                     2 * (keys + extra) * dim * dim +
-                     2 * (queries + extra) * (keys + extra) * dim +
-                     8 * (queries + extra) * dim * dim)
+        per_block = ((queries + 2 * keys) * dim * 9 + 2 *
+                     (queries + extra) * dim * dim + 2 *
+                     (keys + extra) * dim * dim + 2 * (queries + extra) *
+                     (keys + extra) * dim + 8 * (queries + extra) * dim * dim)
         total += depth * per_block
         in_dims = dim
     return total
@@ -38,9 +36,8 @@ def cvt13_hand_count(height, width, with_cls_token):
 
 def meta_macs(model, height, width):
     with torch.no_grad():
-        flops, _ = count_flops(model.to('meta'),
-                               torch.empty(1, 3, height, width,
-                                           device='meta'))
+        flops, _ = count_flops(
+            model.to('meta'), torch.empty(1, 3, height, width, device='meta'))
     return flops / 2
 
 
@@ -63,6 +60,7 @@ def test_the_count_includes_the_cpu_attention_kernel():
     assert cpu_flops / 2 == cvt13_hand_count(96, 128, with_cls_token=False)
 
 
+@pytest.mark.slow
 def test_get_flops_reproduces_mmdetections_zoo_count_for_mask_rcnn_r50():
     # the model zoo lists Mask R-CNN R-50-FPN at 260 GFLOPs, 1280x800
     result = get_flops.main(['mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'])
@@ -70,15 +68,17 @@ def test_get_flops_reproduces_mmdetections_zoo_count_for_mask_rcnn_r50():
     assert result['macs'] == pytest.approx(260e9, rel=0.01)
 
 
+@pytest.mark.slow
 def test_get_flops_counts_a_cvt_segmentor_at_512():
     result = get_flops.main([str(REPO / 'configs/upernet_cvt13_ade20k.py')])
     assert result['shape'] == (512, 512)
-    assert result['backbone_params'] == sum(
-        p.numel() for p in CvT('13').parameters())
+    assert result['backbone_params'] == sum(p.numel()
+                                            for p in CvT('13').parameters())
     backbone_macs = cvt13_hand_count(512, 512, with_cls_token=False)
     assert result['macs'] > backbone_macs
 
 
+@pytest.mark.slow
 def test_benchmark_runs_at_a_tiny_size_and_writes_its_reports(tmp_path):
     benchmark.main([
         '--backbones', 'cvt13', 'hf-cvt13', '--sizes', '32x48', '--modes',
@@ -107,6 +107,7 @@ def test_benchmark_rejects_no_timed_run_or_a_negative_warmup(option, capsys):
     assert '--repeat must be at least 1' in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_step_benchmark_runs_detector_and_segmentor_configs():
     train_step = load_tool('analysis_tools/benchmark_train_step.py')
     results = train_step.main([

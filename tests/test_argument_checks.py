@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from mmcvt import config_paths
-
 from .utils import REPO, load_tool
 
 make_shapes = load_tool('misc/make_shapes_dataset.py')
@@ -35,8 +34,9 @@ def test_test_out_naming_a_directory_is_an_error_before_the_test(
         out, tmp_path):
     (tmp_path / 'existing').mkdir()
     with pytest.raises(ValueError, match='is a directory: name the .pkl'):
-        test_tool.build_config(test_tool.parse_args(
-            [DEMO, 'model.pth', '--out', f'{tmp_path}/{out}']))
+        test_tool.build_config(
+            test_tool.parse_args(
+                [DEMO, 'model.pth', '--out', f'{tmp_path}/{out}']))
 
 
 def test_train_with_an_empty_work_dir_is_an_error(tmp_path, monkeypatch):
@@ -49,8 +49,8 @@ def test_train_with_an_empty_work_dir_is_an_error(tmp_path, monkeypatch):
 def test_train_with_a_file_as_work_dir_is_an_error_naming_it(tmp_path):
     file = tmp_path / 'notes.txt'
     file.write_text('')
-    with pytest.raises(NotADirectoryError,
-                       match=f'the work dir {file} is a file'):
+    with pytest.raises(
+            NotADirectoryError, match=f'the work dir {file} is a file'):
         train_tool.main([DEMO, '--work-dir', str(file)])
 
 
@@ -69,8 +69,7 @@ def test_show_predictions_refuses_counts_and_scores_that_mean_nothing(
     assert message in err
 
 
-def test_show_predictions_out_naming_a_directory_is_an_error(tmp_path,
-                                                             capsys):
+def test_show_predictions_out_naming_a_directory_is_an_error(tmp_path, capsys):
     err = usage_error(show_predictions.parse_args,
                       [DEMO, 'model.pth', '--out', f'{tmp_path}/'], capsys)
     assert 'is a directory: name the PNG file' in err
@@ -78,21 +77,27 @@ def test_show_predictions_out_naming_a_directory_is_an_error(tmp_path,
 
 def test_show_predictions_on_an_empty_test_set_is_an_error(tmp_path):
     (tmp_path / 'annotations').mkdir()
-    (tmp_path / 'annotations' / 'instances_val.json').write_text(json.dumps(
-        dict(images=[], annotations=[],
-             categories=[dict(id=i, name=name) for i, name in enumerate(
-                 make_shapes.CLASSES)])))
+    (tmp_path / 'annotations' / 'instances_val.json').write_text(
+        json.dumps(
+            dict(
+                images=[],
+                annotations=[],
+                categories=[
+                    dict(id=i, name=name)
+                    for i, name in enumerate(make_shapes.CLASSES)
+                ])))
     with pytest.raises(ValueError, match='test set of .* is empty'):
         show_predictions.main([
-            DEMO, str(tmp_path / 'absent.pth'), '--out',
+            DEMO,
+            str(tmp_path / 'absent.pth'), '--out',
             str(tmp_path / 'pred.png'), '--cfg-options',
             f'test_dataloader.dataset.data_root={tmp_path}/'
         ])
 
 
 # ---- tools/analysis_tools ---------------------------------------------------
-@pytest.mark.parametrize('option', [['--batch', '0'], ['--sizes', '0x0'],
-                                    ['--sizes', '224']])
+@pytest.mark.parametrize(
+    'option', [['--batch', '0'], ['--sizes', '0x0'], ['--sizes', '224']])
 def test_benchmark_backbone_refuses_sizes_no_model_runs(option, capsys):
     err = usage_error(benchmark_backbone.parse_args, option, capsys)
     assert 'is not at least 1' in err or 'is not of the form HxW' in err
@@ -107,20 +112,21 @@ def test_benchmark_backbone_on_cuda_without_a_gpu_is_an_error(capsys):
 
 def test_benchmark_backbone_exits_non_zero_when_every_case_failed(tmp_path):
     # 10,000 timed runs in one second: every case times out
-    with pytest.raises(SystemExit, match='every case failed, the first with: '
-                       'took over 1 s'):
+    with pytest.raises(
+            SystemExit,
+            match='every case failed, the first with: '
+            'took over 1 s'):
         benchmark_backbone.main([
             '--backbones', 'cvt13', '--sizes', '32x32', '--modes', 'forward',
             '--device', 'cpu', '--repeat', '10000', '--timeout', '1',
-            '--out-dir', str(tmp_path)
+            '--out-dir',
+            str(tmp_path)
         ])
 
 
 @pytest.mark.parametrize('option', [['--shape', '0', '0'], ['--batch', '0']])
-def test_benchmark_train_step_refuses_empty_batches_and_images(option,
-                                                               capsys):
-    err = usage_error(benchmark_train_step.parse_args, [DEMO, *option],
-                      capsys)
+def test_benchmark_train_step_refuses_empty_batches_and_images(option, capsys):
+    err = usage_error(benchmark_train_step.parse_args, [DEMO, *option], capsys)
     assert '0 is not at least 1' in err
 
 
@@ -139,24 +145,30 @@ def test_config_paths_names_nothing_outside_the_packaged_configs(name):
 
 # ---- data -------------------------------------------------------------------
 def test_an_annotation_json_cut_short_is_an_error_naming_it(tmp_path):
-    make_shapes.main(['--task', 'instance', '--out', str(tmp_path),
-                      '--num-train', '1', '--num-val', '1'])
+    make_shapes.main([
+        '--task', 'instance', '--out',
+        str(tmp_path), '--num-train', '1', '--num-val', '1'
+    ])
     annotations = tmp_path / 'annotations' / 'instances_val.json'
     text = annotations.read_text()
     annotations.write_text(text[:len(text) // 2])
-    options = [f'{split}_dataloader.dataset.data_root={tmp_path}/'
-               for split in ('train', 'val')]
-    with pytest.raises(ValueError,
-                       match=f'{annotations} cannot be read: it is not valid '
-                       f'JSON .* cut short'):
-        train_tool.main([DEMO, '--work-dir', str(tmp_path / 'work'),
-                         '--cfg-options', *options,
-                         f'val_evaluator.ann_file={annotations}'])
+    options = [
+        f'{split}_dataloader.dataset.data_root={tmp_path}/'
+        for split in ('train', 'val')
+    ]
+    with pytest.raises(
+            ValueError,
+            match=f'{annotations} cannot be read: it is not valid '
+            f'JSON .* cut short'):
+        train_tool.main([
+            DEMO, '--work-dir',
+            str(tmp_path / 'work'), '--cfg-options', *options,
+            f'val_evaluator.ann_file={annotations}'
+        ])
     assert not (tmp_path / 'work').exists()
 
 
-def test_a_large_annotation_json_is_checked_at_its_ends(tmp_path,
-                                                        monkeypatch):
+def test_a_large_annotation_json_is_checked_at_its_ends(tmp_path, monkeypatch):
     from mmcvt.engine import runner_setup
     monkeypatch.setattr(runner_setup, '_JSON_PARSED_UP_TO', 16)  # bytes
     path = tmp_path / 'large.json'

@@ -6,8 +6,7 @@ import threading
 import pytest
 import torch
 
-from mmcvt.fileio.checkpoint_loader import (load_checkpoint_file,
-                                            url_cache_path)
+from mmcvt.fileio.checkpoint_loader import load_checkpoint_file, url_cache_path
 
 
 class Server:
@@ -32,8 +31,7 @@ class Server:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0),
-                                                     Handler)
+        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
         self.base = f'http://127.0.0.1:{self.httpd.server_port}'
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
@@ -82,9 +80,10 @@ def test_an_html_page_served_as_a_checkpoint_is_named_and_not_cached(
         server, torch_home, weights_bytes):
     server.body = b'<!DOCTYPE html><html><body>Sign in</body></html>'
     url = f'{server.base}/model.pth'
-    with pytest.raises(ValueError,
-                       match=f'{url} sent no checkpoint: it is an HTML page'
-                       r'.*nothing was cached'):
+    with pytest.raises(
+            ValueError,
+            match=f'{url} sent no checkpoint: it is an HTML page'
+            r'.*nothing was cached'):
         load_checkpoint_file(url)
     assert files_under(torch_home) == []
     # the server fixed: the next load downloads again, and works
@@ -92,15 +91,15 @@ def test_an_html_page_served_as_a_checkpoint_is_named_and_not_cached(
     assert torch.equal(load_checkpoint_file(url)['w'], torch.arange(3.))
 
 
-def test_a_download_cut_short_is_not_cached(server, torch_home,
-                                            weights_bytes):
+def test_a_download_cut_short_is_not_cached(server, torch_home, weights_bytes):
     server.body = weights_bytes[:100]
     server.claimed_length = len(weights_bytes)
     url = f'{server.base}/model.pth'
-    with pytest.raises(ValueError,
-                       match=f'the download of {url} was cut short: 100 of '
-                       f'{len(weights_bytes)} bytes arrived; nothing was '
-                       f'cached'):
+    with pytest.raises(
+            ValueError,
+            match=f'the download of {url} was cut short: 100 of '
+            f'{len(weights_bytes)} bytes arrived; nothing was '
+            f'cached'):
         load_checkpoint_file(url)
     assert files_under(torch_home) == []
 
@@ -108,8 +107,9 @@ def test_a_download_cut_short_is_not_cached(server, torch_home,
 def test_an_http_error_names_the_url(server, torch_home):
     server.status, server.body = 404, b'not here'
     url = f'{server.base}/model.pth'
-    with pytest.raises(OSError, match=f'cannot download {url}: HTTP Error '
-                       f'404'):
+    with pytest.raises(
+            OSError, match=f'cannot download {url}: HTTP Error '
+            f'404'):
         load_checkpoint_file(url)
     assert files_under(torch_home) == []
 

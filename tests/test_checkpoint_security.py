@@ -19,7 +19,6 @@ from mmengine.runner import CheckpointLoader, Runner
 from mmcvt.fileio import TRUST_VARIABLE, load_from_local_file
 from mmcvt.fileio.unpickling import file_sha256
 from mmcvt.models import CvT
-
 from .utils import REPO, TINY, load_tool, shapes_options
 
 make_shapes = load_tool('misc/make_shapes_dataset.py')
@@ -95,11 +94,17 @@ class HistoryBufferWithState:
 def swapped_statistics_buffer():
     """A HistoryBuffer whose pickled statistics methods give 'max' for
     'mean': only globals that mmengine's own checkpoints name."""
-    methods = dict(min=HistoryBuffer.min, max=HistoryBuffer.max,
-                   current=HistoryBuffer.current, mean=HistoryBuffer.max)
-    return HistoryBufferWithState(dict(
-        max_length=10, _log_history=np.array([1., 3.]),
-        _count_history=np.array([1, 1]), statistics_methods=methods))
+    methods = dict(
+        min=HistoryBuffer.min,
+        max=HistoryBuffer.max,
+        current=HistoryBuffer.current,
+        mean=HistoryBuffer.max)
+    return HistoryBufferWithState(
+        dict(
+            max_length=10,
+            _log_history=np.array([1., 3.]),
+            _count_history=np.array([1, 1]),
+            statistics_methods=methods))
 
 
 @pytest.fixture(scope='module')
@@ -111,8 +116,8 @@ def marker(tmp_path_factory):
 
 
 CRAFTED = {
-    'reduce_payload': (lambda code: ReducePayload(code),
-                       r"the globals \['builtins.exec'\]"),
+    'reduce_payload':
+    (lambda code: ReducePayload(code), r"the globals \['builtins.exec'\]"),
     'attribute_chain': (attribute_chain_to_eval,
                         r"getattr\(class collections.Counter, 'update'\), "
                         r'where mmengine only ever writes getattr'),
@@ -131,9 +136,15 @@ def crafted(marker, tmp_path_factory):
     paths = {}
     for name, (payload, _) in CRAFTED.items():
         paths[name] = directory / f'{name}.pth'
-        torch.save({'state_dict': {'backbone.w': torch.ones(1)},
-                    'message_hub': {'log_scalars': payload(code)}},
-                   paths[name])
+        torch.save(
+            {
+                'state_dict': {
+                    'backbone.w': torch.ones(1)
+                },
+                'message_hub': {
+                    'log_scalars': payload(code)
+                }
+            }, paths[name])
     return paths
 
 
@@ -166,13 +177,16 @@ for path in sys.argv[1:]:
 '''
 
 
+@pytest.mark.slow
 def test_import_mmcvt_leaves_mmengines_loaders_refusing_each_file(
         crafted, marker):
     # a fresh interpreter: other tests here install mmcvt's loaders
     paths = [str(path) for path in crafted.values()]
     result = subprocess.run(
         [sys.executable, '-c', LOAD_THROUGH_MMENGINE, *paths],
-        capture_output=True, text=True, cwd=REPO)
+        capture_output=True,
+        text=True,
+        cwd=REPO)
     assert result.returncode == 0, result.stderr
     for path in paths:
         assert f'refused {path} UnpicklingError' in result.stdout
@@ -191,8 +205,8 @@ def test_cvts_init_cfg_refuses_each_file_unrun(crafted_file, marker):
     assert not marker.exists()
 
 
-def test_the_converter_refuses_each_file_unrun(crafted_file, marker,
-                                               tmp_path, capsys):
+def test_the_converter_refuses_each_file_unrun(crafted_file, marker, tmp_path,
+                                               capsys):
     name, path = crafted_file
     assert cvt2mmcvt.main([str(path), str(tmp_path / 'out.pth')]) == 1
     assert re.search(refusal(name, path), capsys.readouterr().err)
@@ -220,6 +234,7 @@ def tiny_demo(tmp_path_factory):
     return config
 
 
+@pytest.mark.slow
 def test_tools_test_py_refuses_each_file_unrun(crafted_file, marker, shapes,
                                                tiny_demo, tmp_path):
     name, path = crafted_file
@@ -229,23 +244,27 @@ def test_tools_test_py_refuses_each_file_unrun(crafted_file, marker, shapes,
     assert not marker.exists()
 
 
-def test_train_py_resume_refuses_each_file_unrun(crafted_file, marker,
-                                                 shapes, tiny_demo, tmp_path):
+@pytest.mark.slow
+def test_train_py_resume_refuses_each_file_unrun(crafted_file, marker, shapes,
+                                                 tiny_demo, tmp_path):
     name, path = crafted_file
     with pytest.raises(pickle.UnpicklingError, match=refusal(name, path)):
-        train_tool.main([str(tiny_demo), '--resume', str(path)] +
-                        shapes_options(shapes, tmp_path, tmp_path.name))
+        train_tool.main(
+            [str(tiny_demo), '--resume', str(path)] +
+            shapes_options(shapes, tmp_path, tmp_path.name))
     assert not marker.exists()
 
 
-def test_show_predictions_refuses_each_file_unrun(crafted_file, marker,
-                                                  shapes, tiny_demo,
-                                                  tmp_path):
+@pytest.mark.slow
+def test_show_predictions_refuses_each_file_unrun(crafted_file, marker, shapes,
+                                                  tiny_demo, tmp_path):
     name, path = crafted_file
     with pytest.raises(pickle.UnpicklingError, match=refusal(name, path)):
         show_predictions.main([
-            str(tiny_demo), str(path), '--out', str(tmp_path / 'p.png'),
-            '--cfg-options', f'test_dataloader.dataset.data_root={shapes}/'
+            str(tiny_demo),
+            str(path), '--out',
+            str(tmp_path / 'p.png'), '--cfg-options',
+            f'test_dataloader.dataset.data_root={shapes}/'
         ])
     assert not (tmp_path / 'p.png').exists()
     assert not marker.exists()
@@ -278,14 +297,15 @@ def test_a_file_named_as_trusted_is_unpickled_in_full_and_logged(
     finally:
         logger.removeHandler(log)
     assert loaded['note'].text == 'mine'
-    warning, = [record for record in log.buffer
-                if record.levelno == logging.WARNING]
+    warning, = [
+        record for record in log.buffer if record.levelno == logging.WARNING
+    ]
     assert (f'unpickling it in full, because {TRUST_VARIABLE} names its '
             f'SHA-256' in warning.getMessage())
 
 
-def test_trusting_another_file_does_not_trust_this_one(
-        file_with_own_object, crafted, monkeypatch):
+def test_trusting_another_file_does_not_trust_this_one(file_with_own_object,
+                                                       crafted, monkeypatch):
     monkeypatch.setenv(TRUST_VARIABLE, file_sha256(crafted['reduce_payload']))
     with pytest.raises(pickle.UnpicklingError, match='Annotation'):
         load_from_local_file(str(file_with_own_object))
@@ -296,22 +316,30 @@ def train_one_iteration_with_mmengines_runner(config, tmp_path, **overrides):
     """A checkpoint of MMDetection's or MMSegmentation's own Runner: mmengine's
     Runner and CheckpointHook, as their tools/train.py build them."""
     cfg = Config.fromfile(config)
-    cfg.merge_from_dict(dict(
-        work_dir=str(tmp_path),
-        default_hooks=dict(checkpoint=dict(type='CheckpointHook',
-                                           interval=1, by_epoch=False)),
-        train_cfg=dict(_delete_=True, type='IterBasedTrainLoop', max_iters=1),
-        val_cfg=None, val_dataloader=None, val_evaluator=None,
-        param_scheduler=dict(_delete_=True, type='ConstantLR', factor=1.),
-        **overrides))
+    cfg.merge_from_dict(
+        dict(
+            work_dir=str(tmp_path),
+            default_hooks=dict(
+                checkpoint=dict(
+                    type='CheckpointHook', interval=1, by_epoch=False)),
+            train_cfg=dict(
+                _delete_=True, type='IterBasedTrainLoop', max_iters=1),
+            val_cfg=None,
+            val_dataloader=None,
+            val_evaluator=None,
+            param_scheduler=dict(_delete_=True, type='ConstantLR', factor=1.),
+            **overrides))
     Runner.from_cfg(cfg).train()
     return tmp_path / 'iter_1.pth'
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_mmdetections_runner_loads_with_its_logs(
         shapes, tiny_demo, tmp_path):
     checkpoint = train_one_iteration_with_mmengines_runner(
-        tiny_demo, tmp_path, train_dataloader=dict(
+        tiny_demo,
+        tmp_path,
+        train_dataloader=dict(
             batch_size=2, dataset=dict(data_root=f'{shapes}/')))
     loaded = load_from_local_file(str(checkpoint))
     buffers = loaded['message_hub']['log_scalars']
@@ -320,16 +348,18 @@ def test_a_checkpoint_of_mmdetections_runner_loads_with_its_logs(
     assert loaded['meta']['dataset_meta']['classes'] == make_shapes.CLASSES
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_mmsegmentations_runner_loads_with_its_logs(
         shapes_seg, tmp_path):
     checkpoint = train_one_iteration_with_mmengines_runner(
-        REPO / 'configs/demo/upernet_cvt13_shapes.py', tmp_path,
-        model=dict(backbone=dict(arch=dict(TINY, _delete_=True)),
-                   decode_head=dict(
-            in_channels=TINY['embed_dims']), auxiliary_head=dict(
-                in_channels=TINY['embed_dims'][2])),
-        train_dataloader=dict(batch_size=2,
-                              dataset=dict(data_root=f'{shapes_seg}/')))
+        REPO / 'configs/demo/upernet_cvt13_shapes.py',
+        tmp_path,
+        model=dict(
+            backbone=dict(arch=dict(TINY, _delete_=True)),
+            decode_head=dict(in_channels=TINY['embed_dims']),
+            auxiliary_head=dict(in_channels=TINY['embed_dims'][2])),
+        train_dataloader=dict(
+            batch_size=2, dataset=dict(data_root=f'{shapes_seg}/')))
     loaded = load_from_local_file(str(checkpoint))
     assert type(loaded['message_hub']['log_scalars']['train/loss']) is \
         HistoryBuffer
@@ -340,17 +370,22 @@ def test_a_checkpoint_of_mmsegmentations_runner_loads_with_its_logs(
 # ---- weights that are not finite --------------------------------------------
 def test_weights_with_nan_are_refused_naming_the_tensors(tmp_path):
     path = tmp_path / 'diverged.pth'
-    weights = {'a.weight': torch.ones(2), 'b.weight': torch.ones(2),
-               'c.bias': torch.tensor([1., float('inf')])}
+    weights = {
+        'a.weight': torch.ones(2),
+        'b.weight': torch.ones(2),
+        'c.bias': torch.tensor([1., float('inf')])
+    }
     weights['b.weight'][0] = float('nan')
     torch.save({'state_dict': weights}, path)
-    with pytest.raises(ValueError,
-                       match=r'diverged.pth holds weights that are not finite '
-                       r'\(NaN or infinity\) in 2 tensors: \[b.weight, '
-                       r'c.bias\]'):
+    with pytest.raises(
+            ValueError,
+            match=r'diverged.pth holds weights that are not finite '
+            r'\(NaN or infinity\) in 2 tensors: \[b.weight, '
+            r'c.bias\]'):
         load_from_local_file(str(path))
 
 
+@pytest.mark.slow
 def test_tools_test_py_refuses_a_checkpoint_of_nan_weights(
         shapes, tiny_demo, tmp_path):
     from mmengine.registry import MODELS
@@ -362,11 +397,14 @@ def test_tools_test_py_refuses_a_checkpoint_of_nan_weights(
     weights['backbone.stages.2.blocks.1.ffn.layers.1.weight'].fill_(
         float('nan'))
     torch.save({'state_dict': weights}, tmp_path / 'nan.pth')
-    with pytest.raises(ValueError, match=r'nan.pth holds weights that are '
-                       r'not finite .* in 1 tensors: \[backbone.stages.2.'
-                       r'blocks.1.ffn.layers.1.weight\]'):
-        test_tool.main([str(tiny_demo), str(tmp_path / 'nan.pth')] +
-                       shapes_options(shapes, tmp_path, tmp_path.name))
+    with pytest.raises(
+            ValueError,
+            match=r'nan.pth holds weights that are '
+            r'not finite .* in 1 tensors: \[backbone.stages.2.'
+            r'blocks.1.ffn.layers.1.weight\]'):
+        test_tool.main(
+            [str(tiny_demo), str(tmp_path / 'nan.pth')] +
+            shapes_options(shapes, tmp_path, tmp_path.name))
 
 
 def test_cvts_init_cfg_refuses_nan_weights(tmp_path):
@@ -374,8 +412,11 @@ def test_cvts_init_cfg_refuses_nan_weights(tmp_path):
     weights['stages.0.patch_embed.projection.weight'][0, 0, 0, 0] = \
         float('nan')
     torch.save(weights, tmp_path / 'nan.pth')
-    model = CvT(TINY, init_cfg=dict(type='Pretrained',
-                                    checkpoint=str(tmp_path / 'nan.pth')))
-    with pytest.raises(RuntimeError, match=r'not finite .*\[stages.0.'
-                       r'patch_embed.projection.weight\]'):
+    model = CvT(
+        TINY,
+        init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'nan.pth')))
+    with pytest.raises(
+            RuntimeError,
+            match=r'not finite .*\[stages.0.'
+            r'patch_embed.projection.weight\]'):
         model.init_weights()

@@ -23,7 +23,6 @@ from torch.utils.data import Dataset
 
 from mmcvt.engine import build_runner
 from mmcvt.fileio import checkpoint_file_problem, load_from_local_file
-
 from .utils import HF_ARCH, load_repo_config, load_tool
 
 cvt2mmcvt = load_tool('model_converters/cvt2mmcvt.py')
@@ -73,30 +72,38 @@ class RecordingHook(Hook):
         self.iters.append(runner.iter)
 
 
-def build_linear_runner(work_dir, max_iters, resume=False, load_from=None,
+def build_linear_runner(work_dir,
+                        max_iters,
+                        resume=False,
+                        load_from=None,
                         checkpoint_hook=None):
     """The tools' Runner (mmcvt.engine.build_runner) of a linear model that
     saves a checkpoint every 2 iterations."""
-    return build_runner(Config(dict(
-        # unique, or two runners made in one second share their logger
-        experiment_name=f'{work_dir.name}-{max_iters}-{resume}-{load_from}',
-        model=dict(type='LinearModel'),
-        work_dir=str(work_dir),
-        train_dataloader=dict(
-            dataset=dict(type='LineDataset'),
-            sampler=dict(type='InfiniteSampler', shuffle=False),
-            batch_size=2,
-            collate_fn=dict(type='default_collate')),
-        train_cfg=dict(by_epoch=False, max_iters=max_iters),
-        optim_wrapper=dict(optimizer=dict(type='AdamW', lr=0.01)),
-        param_scheduler=dict(type='MultiStepLR', milestones=[3],
-                             by_epoch=False),
-        default_hooks=dict(checkpoint=dict(
-            checkpoint_hook or dict(type='CheckpointHook'), interval=2,
-            by_epoch=False)),
-        custom_hooks=[dict(type='RecordingHook')],
-        resume=resume,
-        load_from=None if load_from is None else str(load_from))))
+    # unique, or two runners made in one second share their logger
+    name = f'{work_dir.name}-{max_iters}-{resume}-{load_from}'
+    return build_runner(
+        Config(
+            dict(
+                experiment_name=name,
+                model=dict(type='LinearModel'),
+                work_dir=str(work_dir),
+                train_dataloader=dict(
+                    dataset=dict(type='LineDataset'),
+                    sampler=dict(type='InfiniteSampler', shuffle=False),
+                    batch_size=2,
+                    collate_fn=dict(type='default_collate')),
+                train_cfg=dict(by_epoch=False, max_iters=max_iters),
+                optim_wrapper=dict(optimizer=dict(type='AdamW', lr=0.01)),
+                param_scheduler=dict(
+                    type='MultiStepLR', milestones=[3], by_epoch=False),
+                default_hooks=dict(
+                    checkpoint=dict(
+                        checkpoint_hook or dict(type='CheckpointHook'),
+                        interval=2,
+                        by_epoch=False)),
+                custom_hooks=[dict(type='RecordingHook')],
+                resume=resume,
+                load_from=None if load_from is None else str(load_from))))
 
 
 def recorder(runner):
@@ -142,9 +149,10 @@ def test_resume_restores_the_optimizer_and_scheduler_state(work_dir):
     resumed = recorder(runner).optimizer_state['state'][0]
     assert resumed['step'] == saved['optimizer']['state'][0]['step'] == 4
     # saved on the CPU, resumed on the training device
-    torch.testing.assert_close(resumed['exp_avg'],
-                               saved['optimizer']['state'][0]['exp_avg'],
-                               check_device=False)
+    torch.testing.assert_close(
+        resumed['exp_avg'],
+        saved['optimizer']['state'][0]['exp_avg'],
+        check_device=False)
     assert recorder(runner).scheduler_states == saved['param_schedulers']
     assert recorder(runner).scheduler_states[0]['_global_step'] == 4
 
@@ -164,8 +172,9 @@ class Payload:
 def test_a_pickle_with_foreign_objects_is_refused_unrun(tmp_path, capsys):
     path = tmp_path / 'evil.pth'
     torch.save({'w': torch.ones(1), 'x': Payload()}, path)
-    with pytest.raises(pickle.UnpicklingError,
-                       match=r"evil.pth holds Python objects.*builtins.print"):
+    with pytest.raises(
+            pickle.UnpicklingError,
+            match=r"evil.pth holds Python objects.*builtins.print"):
         load_from_local_file(str(path))
     assert 'this must never run' not in capsys.readouterr().out
 
@@ -179,18 +188,20 @@ def test_loading_a_missing_file_names_it(tmp_path):
 def test_loading_an_empty_file_says_it_is_empty(tmp_path):
     path = tmp_path / 'empty.pth'
     path.touch()
-    with pytest.raises(ValueError,
-                       match=r'empty.pth is not a readable checkpoint: the '
-                       r'file is empty \(0 bytes\)'):
+    with pytest.raises(
+            ValueError,
+            match=r'empty.pth is not a readable checkpoint: the '
+            r'file is empty \(0 bytes\)'):
         load_from_local_file(str(path))
 
 
 def test_loading_a_text_file_says_it_is_no_checkpoint(tmp_path):
     path = tmp_path / 'notes.pth'
     path.write_text('epoch 12: bbox mAP 0.41\n')
-    with pytest.raises(ValueError,
-                       match=r"notes.pth is not a readable checkpoint: it is "
-                       r"neither a torch checkpoint .* starts with b'epoc'"):
+    with pytest.raises(
+            ValueError,
+            match=r"notes.pth is not a readable checkpoint: it is "
+            r"neither a torch checkpoint .* starts with b'epoc'"):
         load_from_local_file(str(path))
 
 
@@ -202,9 +213,10 @@ def cut_short(path):
 
 def test_loading_a_truncated_checkpoint_says_it_was_cut_short(work_dir):
     cut_short(work_dir / 'iter_4.pth')
-    with pytest.raises(ValueError,
-                       match=r'iter_4.pth is not a readable checkpoint: it '
-                       r'is a torch checkpoint cut short'):
+    with pytest.raises(
+            ValueError,
+            match=r'iter_4.pth is not a readable checkpoint: it '
+            r'is a torch checkpoint cut short'):
         load_from_local_file(str(work_dir / 'iter_4.pth'))
 
 
@@ -213,22 +225,23 @@ def test_loading_a_zip_of_something_else_says_it_is_no_torch_checkpoint(
     path = tmp_path / 'photos.pth'
     with zipfile.ZipFile(path, 'w') as archive:
         archive.writestr('holiday.jpg', b'\xff\xd8')
-    with pytest.raises(ValueError,
-                       match=r'photos.pth is not a readable checkpoint: it '
-                       r'is a zip archive, but not a torch checkpoint: it has '
-                       r'no data.pkl; it holds \[holiday.jpg\]'):
+    with pytest.raises(
+            ValueError,
+            match=r'photos.pth is not a readable checkpoint: it '
+            r'is a zip archive, but not a torch checkpoint: it has '
+            r'no data.pkl; it holds \[holiday.jpg\]'):
         load_from_local_file(str(path))
 
 
-def test_loading_a_truncated_safetensors_file_says_it_was_cut_short(
-        tmp_path):
+def test_loading_a_truncated_safetensors_file_says_it_was_cut_short(tmp_path):
     path = tmp_path / 'model.safetensors'
     save_file({'w': torch.ones(1000)}, path)
     cut_short(path)
-    with pytest.raises(ValueError,
-                       match=r'model.safetensors is not a readable checkpoint'
-                       r': it is a safetensors file cut short: its tensors '
-                       r'end at byte 4\d\d\d, and the file has 2\d\d\d'):
+    with pytest.raises(
+            ValueError,
+            match=r'model.safetensors is not a readable checkpoint'
+            r': it is a safetensors file cut short: its tensors '
+            r'end at byte 4\d\d\d, and the file has 2\d\d\d'):
         load_from_local_file(str(path))
 
 
@@ -238,13 +251,13 @@ class Killed(BaseException):
 
 
 @pytest.mark.parametrize(
-    'config', ['configs/maskrcnn_cvt13_coco.py',
-               'configs/upernet_cvt13_ade20k.py'])
+    'config',
+    ['configs/maskrcnn_cvt13_coco.py', 'configs/upernet_cvt13_ade20k.py'])
 def test_a_save_cut_short_leaves_a_complete_checkpoint_to_resume_from(
         config, tmp_path, monkeypatch):
     # the shipped config's hook, keeping one checkpoint as the demos do
-    hook = dict(load_repo_config(config).default_hooks.checkpoint,
-                max_keep_ckpts=1)
+    hook = dict(
+        load_repo_config(config).default_hooks.checkpoint, max_keep_ckpts=1)
     write = LocalBackend.put
 
     def write_half_and_die(backend, obj, filepath):
@@ -258,8 +271,8 @@ def test_a_save_cut_short_leaves_a_complete_checkpoint_to_resume_from(
 
     monkeypatch.setattr(LocalBackend, 'put', write_half_and_die)
     with pytest.raises(Killed):
-        build_linear_runner(tmp_path, max_iters=6,
-                            checkpoint_hook=hook).train()
+        build_linear_runner(
+            tmp_path, max_iters=6, checkpoint_hook=hook).train()
     monkeypatch.undo()
 
     latest = (tmp_path / 'last_checkpoint').read_text()
@@ -267,8 +280,8 @@ def test_a_save_cut_short_leaves_a_complete_checkpoint_to_resume_from(
     for path in tmp_path.glob('*.pth'):  # no file under a checkpoint's name
         assert checkpoint_file_problem(path) is None, path  # is cut short
 
-    runner = build_linear_runner(tmp_path, max_iters=6, resume=True,
-                                 checkpoint_hook=hook)
+    runner = build_linear_runner(
+        tmp_path, max_iters=6, resume=True, checkpoint_hook=hook)
     runner.train()
     assert recorder(runner).iters == [2, 3, 4, 5]
     assert sorted(p.name for p in tmp_path.glob('*.pth*')) == ['iter_6.pth']
@@ -291,8 +304,8 @@ def test_resume_skips_a_truncated_latest_checkpoint_and_says_so(work_dir):
 def test_resuming_from_a_named_truncated_checkpoint_offers_the_previous(
         work_dir):
     cut_short(work_dir / 'iter_4.pth')
-    runner = build_linear_runner(work_dir, max_iters=6, resume=True,
-                                 load_from=work_dir / 'iter_4.pth')
+    runner = build_linear_runner(
+        work_dir, max_iters=6, resume=True, load_from=work_dir / 'iter_4.pth')
     with pytest.raises(RuntimeError) as error:
         runner.train()
     assert re.match(
@@ -325,10 +338,13 @@ def test_the_converter_refuses_to_overwrite_its_input(hf_dir, tmp_path,
     original = weights.read_bytes()
     for src, dst in ((weights, weights),
                      (weights, directory / '.' / 'model.safetensors'),
-                     (weights, tmp_path / 'link.safetensors'),
-                     (directory, weights)):
+                     (weights, tmp_path / 'link.safetensors'), (directory,
+                                                                weights)):
         # the arch given: weights that would convert, were dst another file
-        assert cvt2mmcvt.main([str(src), str(dst), '--safetensors', '--arch',
-                               json.dumps(HF_ARCH)]) == 1
+        assert cvt2mmcvt.main([
+            str(src),
+            str(dst), '--safetensors', '--arch',
+            json.dumps(HF_ARCH)
+        ]) == 1
         assert 'would overwrite the input' in capsys.readouterr().err
         assert weights.read_bytes() == original

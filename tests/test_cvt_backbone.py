@@ -12,7 +12,7 @@ from mmcvt.models import CvT, QuickGELU, parse_arch
 from mmcvt.models.backbones.cvt import CvTBlock
 from mmcvt.models.backbones.cvt_arch import arch_from_official_spec
 from mmcvt.models.layers import drop_path_scales
-from .utils import TINY, relative_error, separate_kv
+from .utils import TINY, TWO_STAGES, relative_error, separate_kv
 
 
 def tiny_cvt(**kwargs):
@@ -59,15 +59,26 @@ def test_arch_names_accept_the_cvt_prefix(name):
 def test_the_spec_of_an_official_config_is_an_arch():
     # MODEL.SPEC of the official experiments/imagenet/cvt/cvt-13-224x224.yaml
     spec = dict(
-        INIT='trunc_norm', NUM_STAGES=3, PATCH_SIZE=[7, 3, 3],
-        PATCH_STRIDE=[4, 2, 2], PATCH_PADDING=[2, 1, 1],
-        DIM_EMBED=[64, 192, 384], NUM_HEADS=[1, 3, 6], DEPTH=[1, 2, 10],
-        MLP_RATIO=[4.0, 4.0, 4.0], ATTN_DROP_RATE=[0.0, 0.0, 0.0],
-        DROP_RATE=[0.0, 0.0, 0.0], DROP_PATH_RATE=[0.0, 0.0, 0.1],
-        QKV_BIAS=[True, True, True], CLS_TOKEN=[False, False, True],
+        INIT='trunc_norm',
+        NUM_STAGES=3,
+        PATCH_SIZE=[7, 3, 3],
+        PATCH_STRIDE=[4, 2, 2],
+        PATCH_PADDING=[2, 1, 1],
+        DIM_EMBED=[64, 192, 384],
+        NUM_HEADS=[1, 3, 6],
+        DEPTH=[1, 2, 10],
+        MLP_RATIO=[4.0, 4.0, 4.0],
+        ATTN_DROP_RATE=[0.0, 0.0, 0.0],
+        DROP_RATE=[0.0, 0.0, 0.0],
+        DROP_PATH_RATE=[0.0, 0.0, 0.1],
+        QKV_BIAS=[True, True, True],
+        CLS_TOKEN=[False, False, True],
         POS_EMBED=[False, False, False],
-        QKV_PROJ_METHOD=['dw_bn', 'dw_bn', 'dw_bn'], KERNEL_QKV=[3, 3, 3],
-        PADDING_KV=[1, 1, 1], STRIDE_KV=[2, 2, 2], PADDING_Q=[1, 1, 1],
+        QKV_PROJ_METHOD=['dw_bn', 'dw_bn', 'dw_bn'],
+        KERNEL_QKV=[3, 3, 3],
+        PADDING_KV=[1, 1, 1],
+        STRIDE_KV=[2, 2, 2],
+        PADDING_Q=[1, 1, 1],
         STRIDE_Q=[1, 1, 1])
     assert parse_arch(arch_from_official_spec(spec)) == parse_arch('13')
     spec.update(STRIDE_KV=[1, 1, 1], MLP_RATIO=[2.0, 2.0, 2.0])
@@ -87,10 +98,7 @@ def test_arch_dict_takes_single_values_for_every_stage():
 
 
 def test_arch_dict_may_have_any_number_of_stages():
-    arch = dict(embed_dims=[8, 16], num_heads=[1, 2], depths=[1, 1],
-                patch_sizes=[7, 3], patch_strides=[4, 2],
-                patch_paddings=[2, 1])
-    outs = CvT(arch, out_indices=(0, 1))(torch.rand(1, 3, 32, 32))
+    outs = CvT(TWO_STAGES, out_indices=(0, 1))(torch.rand(1, 3, 32, 32))
     assert [o.shape for o in outs] == [(1, 8, 8, 8), (1, 16, 4, 4)]
 
 
@@ -108,16 +116,17 @@ def expected_sizes(side):
 def test_output_shapes_follow_the_strides_at_any_input_size(h, w):
     model = tiny_cvt().eval()
     outs = model(torch.rand(2, 3, h, w))
-    expected = [(2, c, hs, ws) for c, hs, ws in zip(
-        TINY['embed_dims'], expected_sizes(h), expected_sizes(w))]
+    expected = [(2, c, hs, ws)
+                for c, hs, ws in zip(TINY['embed_dims'], expected_sizes(h),
+                                     expected_sizes(w))]
     assert [tuple(o.shape) for o in outs] == expected
 
 
 def test_presets_return_maps_at_strides_4_8_16():
     outs = CvT('13').eval()(torch.rand(1, 3, 224, 320))
-    assert [tuple(o.shape) for o in outs] == [(1, 64, 56, 80),
-                                              (1, 192, 28, 40),
-                                              (1, 384, 14, 20)]
+    assert [tuple(o.shape)
+            for o in outs] == [(1, 64, 56, 80), (1, 192, 28, 40),
+                               (1, 384, 14, 20)]
 
 
 def test_out_indices_select_and_order_the_returned_stages():
@@ -136,17 +145,18 @@ def test_without_cls_token_there_is_none():
 
 def test_with_cls_token_it_lives_in_the_last_stage_only():
     model = tiny_cvt(with_cls_token=True)
-    assert [s.cls_token is not None for s in model.stages] == [
-        False, False, True
-    ]
+    assert [s.cls_token is not None
+            for s in model.stages] == [False, False, True]
 
 
 def test_cls_token_takes_part_in_attention_but_is_not_returned():
     torch.manual_seed(0)
     with_cls = tiny_cvt(with_cls_token=True).eval()
     without = tiny_cvt().eval()
-    without.load_state_dict(
-        {k: v for k, v in with_cls.state_dict().items() if 'cls' not in k})
+    without.load_state_dict({
+        k: v
+        for k, v in with_cls.state_dict().items() if 'cls' not in k
+    })
     x = torch.rand(1, 3, 64, 64)
     a, b = with_cls(x), without(x)
     assert [o.shape for o in a] == [o.shape for o in b]
@@ -166,8 +176,8 @@ def test_out_norm_normalises_each_returned_map_over_channels():
     outs = tiny_cvt().eval()(torch.rand(2, 3, 64, 64))
     for out in outs:
         mean = out.mean(dim=1)
-        torch.testing.assert_close(mean, torch.zeros_like(mean),
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            mean, torch.zeros_like(mean), atol=1e-5, rtol=0)
 
 
 def test_quick_gelu_is_x_times_sigmoid_of_1702x():
@@ -203,8 +213,8 @@ def test_default_activation_is_quick_gelu():
 
 
 def test_gelu_can_be_chosen():
-    assert isinstance(mlp_activation(tiny_cvt(act_cfg=dict(type='GELU'))),
-                      nn.GELU)
+    assert isinstance(
+        mlp_activation(tiny_cvt(act_cfg=dict(type='GELU'))), nn.GELU)
 
 
 def test_drop_path_rate_rises_linearly_over_all_blocks():
@@ -248,25 +258,32 @@ def reference_attention(attn, x, hw_shape):
 
     def conv_bn(module, parts, stride):
         conv, bn = module.conv, module.bn
-        out = F.conv2d(x_map, conv.weight[parts], stride=stride, padding=1,
-                       groups=width)
-        return F.batch_norm(out, bn.running_mean[parts],
-                            bn.running_var[parts], bn.weight[parts],
-                            bn.bias[parts], eps=bn.eps)
+        out = F.conv2d(
+            x_map, conv.weight[parts], stride=stride, padding=1, groups=width)
+        return F.batch_norm(
+            out,
+            bn.running_mean[parts],
+            bn.running_var[parts],
+            bn.weight[parts],
+            bn.bias[parts],
+            eps=bn.eps)
 
     def project(conv_map, weight, bias):
         t = F.linear(conv_map.flatten(2).transpose(1, 2), weight, bias)
         return t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2)
 
-    everything, k_parts, v_parts = slice(None), slice(0, None, 2), slice(
-        1, None, 2)
+    everything, k_parts, v_parts = slice(None), slice(0, None,
+                                                      2), slice(1, None, 2)
     kv_weight, kv_bias = attn.proj_kv.weight, attn.proj_kv.bias
-    q = project(conv_bn(attn.conv_proj_q, everything, 1), attn.proj_q.weight,
-                attn.proj_q.bias)
-    k = project(conv_bn(attn.conv_proj_kv, k_parts, 2), kv_weight[:width],
-                kv_bias[:width])
-    v = project(conv_bn(attn.conv_proj_kv, v_parts, 2), kv_weight[width:],
-                kv_bias[width:])
+    q = project(
+        conv_bn(attn.conv_proj_q, everything, 1), attn.proj_q.weight,
+        attn.proj_q.bias)
+    k = project(
+        conv_bn(attn.conv_proj_kv, k_parts, 2), kv_weight[:width],
+        kv_bias[:width])
+    v = project(
+        conv_bn(attn.conv_proj_kv, v_parts, 2), kv_weight[width:],
+        kv_bias[width:])
     scores = torch.einsum('bhld,bhtd->bhlt', q, k) * width**-0.5
     out = torch.einsum('bhlt,bhtd->bhld', scores.softmax(-1), v)
     return attn.proj(out.transpose(1, 2).flatten(2))
@@ -332,8 +349,8 @@ def test_frozen_stages_get_no_gradients():
     model = tiny_cvt(frozen_stages=1).train()
     sum(o.sum() for o in model(torch.rand(2, 3, 64, 64))).backward()
     for name, param in model.named_parameters():
-        frozen = name.startswith(('stages.0.', 'stages.1.', 'norm0.',
-                                  'norm1.'))
+        frozen = name.startswith(
+            ('stages.0.', 'stages.1.', 'norm0.', 'norm1.'))
         assert param.requires_grad != frozen, name
         assert (param.grad is None) == frozen, name
 
@@ -343,15 +360,17 @@ def test_frozen_stages_have_no_trainable_parameters_from_construction_on():
     # them as trainable
     model = tiny_cvt(frozen_stages=0)
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
-    assert frozen and all(n.startswith(('stages.0.', 'norm0.'))
-                          for n in frozen)
+    assert frozen and all(
+        n.startswith(('stages.0.', 'norm0.')) for n in frozen)
     assert len(frozen) == len(list(model.stages[0].parameters())) + 2
 
 
 def test_frozen_stages_train_under_ddp_for_several_iterations(tmp_path):
     from mmengine.model import MMDistributedDataParallel
     torch.distributed.init_process_group(
-        'gloo', init_method=f'file://{tmp_path}/rendezvous', rank=0,
+        'gloo',
+        init_method=f'file://{tmp_path}/rendezvous',
+        rank=0,
         world_size=1)
     try:
         model = MMDistributedDataParallel(
@@ -372,10 +391,7 @@ def test_frozen_stages_stay_in_eval_mode_after_train():
 
 
 def bn_buffers(model):
-    return {
-        n: b.clone()
-        for n, b in model.named_buffers() if 'running' in n
-    }
+    return {n: b.clone() for n, b in model.named_buffers() if 'running' in n}
 
 
 def train_step(model):
@@ -464,8 +480,7 @@ def test_selective_recompute_keeps_a_fifth_less_for_the_backward():
     # more: QuickGELU then saved two tensors for its backward, now one)
     x = torch.rand(2, 3, 128, 128)
     plain = bytes_kept_by_forward(tiny_cvt().train(), x)
-    selective = bytes_kept_by_forward(
-        tiny_cvt(with_cp='selective').train(), x)
+    selective = bytes_kept_by_forward(tiny_cvt(with_cp='selective').train(), x)
     full = bytes_kept_by_forward(tiny_cvt(with_cp=True).train(), x)
     assert full < selective < 0.8 * plain
 
@@ -496,8 +511,7 @@ def autocast_step(model, x):
     return outs, {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-def test_weights_cast_in_one_op_train_as_autocast_would_cast_them(
-        monkeypatch):
+def test_weights_cast_in_one_op_train_as_autocast_would_cast_them(monkeypatch):
     from mmcvt.models.backbones import cvt
     torch.manual_seed(0)
     model = tiny_cvt(with_cls_token=True, drop_path_rate=0.2).train()
@@ -536,8 +550,8 @@ def test_a_cvt13_bf16_training_step_launches_at_most_700_ops():
     # and a stage's weights were cast in one op
     torch.manual_seed(0)
     model = CvT('13').train()
-    ops = count_kernel_ops_of_a_bf16_training_step(
-        model, torch.rand(2, 3, 224, 224))
+    ops = count_kernel_ops_of_a_bf16_training_step(model,
+                                                   torch.rand(2, 3, 224, 224))
     assert ops <= 700, ops
 
 
@@ -580,15 +594,14 @@ def test_an_int_arch_names_its_preset():
 @pytest.mark.parametrize('key, value', [('depths', [1, -1, 10]),
                                         ('embed_dims', [16, 0, 48]),
                                         ('num_heads', [1, 2.5, 3])])
-def test_arch_values_that_are_not_positive_ints_are_a_value_error(
-        key, value):
-    with pytest.raises(ValueError,
-                       match=f'must be an int >= 1, got {value[1]}'):
+def test_arch_values_that_are_not_positive_ints_are_a_value_error(key, value):
+    with pytest.raises(
+            ValueError, match=f'must be an int >= 1, got {value[1]}'):
         CvT(dict(TINY, **{key: value}))
 
 
-@pytest.mark.parametrize('name', ['drop_rate', 'attn_drop_rate',
-                                  'drop_path_rate'])
+@pytest.mark.parametrize('name',
+                         ['drop_rate', 'attn_drop_rate', 'drop_path_rate'])
 @pytest.mark.parametrize('rate', [1.5, -0.1, 1.])
 def test_rates_outside_0_to_1_are_a_value_error(name, rate):
     with pytest.raises(ValueError, match=f'{name} must be a probability'):
@@ -609,8 +622,9 @@ def test_pretrained_becomes_a_pretrained_init_cfg_with_a_warning():
 
 def test_pretrained_and_init_cfg_together_are_a_value_error():
     with pytest.raises(ValueError, match='both pretrained and init_cfg'):
-        tiny_cvt(pretrained='a.pth',
-                 init_cfg=dict(type='Pretrained', checkpoint='b.pth'))
+        tiny_cvt(
+            pretrained='a.pth',
+            init_cfg=dict(type='Pretrained', checkpoint='b.pth'))
 
 
 def test_an_init_cfg_list_applies_each_entry_in_turn(tmp_path):
@@ -634,8 +648,7 @@ def test_an_init_cfg_entry_that_is_not_a_dict_is_a_type_error():
 
 
 @pytest.mark.parametrize('side', [3, 20, 34])
-def test_a_single_small_image_in_training_mode_is_an_error_in_our_words(
-        side):
+def test_a_single_small_image_in_training_mode_is_an_error_in_our_words(side):
     # stage 2 then projects k and v from a 1x1 map: BatchNorm has one value
     # per channel to train on
     with pytest.raises(ValueError, match='too small to train on.*norm_eval'):
@@ -728,9 +741,10 @@ def test_outputs_are_contiguous_nchw_for_compiled_ops():
         roi_align(lateral.contiguous(), rois, (7, 7), 0.25, 2, 'avg', True))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(),
-                    reason='needs a CUDA GPU: the flash and memory-efficient '
-                    'SDPA kernels exist only there')
+@pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason='needs a CUDA GPU: the flash and memory-efficient '
+    'SDPA kernels exist only there')
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
 def test_attention_runs_on_the_flash_or_memory_efficient_kernels(dtype):
     # with the math fallback excluded, SDPA raises if neither kernel accepts
@@ -752,12 +766,14 @@ def test_an_mmcvt_checkpoint_with_k_and_v_apart_is_an_error_naming_them(
     # mmcvt kept k and v apart only before its first release: only the
     # official and transformers formats are fused on loading
     torch.save(separate_kv(tiny_cvt().state_dict()), tmp_path / 'cvt.pth')
-    model = tiny_cvt(init_cfg=dict(type='Pretrained',
-                                   checkpoint=str(tmp_path / 'cvt.pth')))
-    with pytest.raises(ValueError, match=r'\(mmcvt format\).*missing keys '
-                       r'\[stages\.0\.blocks\.0\.attn\.conv_proj_kv\..*'
-                       r'unexpected keys \[stages\.0\.blocks\.0\.attn\.'
-                       r'conv_proj_k\.'):
+    model = tiny_cvt(
+        init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'cvt.pth')))
+    with pytest.raises(
+            ValueError,
+            match=r'\(mmcvt format\).*missing keys '
+            r'\[stages\.0\.blocks\.0\.attn\.conv_proj_kv\..*'
+            r'unexpected keys \[stages\.0\.blocks\.0\.attn\.'
+            r'conv_proj_k\.'):
         model.init_weights()
 
 
@@ -768,8 +784,8 @@ def test_the_kv_batchnorm_keeps_the_statistics_of_each_projection():
     attn(token_map.flatten(2).transpose(1, 2), (8, 8))
     conv = attn.conv_proj_kv.conv
     for parts in (slice(0, None, 2), slice(1, None, 2)):  # k, then v
-        out = F.conv2d(token_map, conv.weight[parts], stride=2, padding=1,
-                       groups=32)
+        out = F.conv2d(
+            token_map, conv.weight[parts], stride=2, padding=1, groups=32)
         batch_mean = out.mean(dim=(0, 2, 3))
         torch.testing.assert_close(bn.running_mean[parts],
                                    bn.momentum * batch_mean)

@@ -6,19 +6,18 @@ import pytest
 import torch
 
 from mmcvt.models import CvT
-
-from .utils import TINY, load_repo_config, relative_error
+from .utils import TINY, TWO_STAGES, load_repo_config, relative_error
 
 # One stage, with the cls token: every brick of the model, and inductor's
 # C++ compilation of it takes about a minute on two cores (three stages
 # take three times as long).
-ONE_STAGE = dict(embed_dims=[8], num_heads=[1], depths=[1], patch_sizes=[7],
-                 patch_strides=[4], patch_paddings=[2])
-# Two: what passes between stages (a map, then the next stage's tokens), for
-# the graphs that AOTAutograd traces without inductor
-TWO_STAGES = dict(embed_dims=[8, 16], num_heads=[1, 2], depths=[1, 1],
-                  patch_sizes=[7, 3], patch_strides=[4, 2],
-                  patch_paddings=[2, 1])
+ONE_STAGE = dict(
+    embed_dims=[8],
+    num_heads=[1],
+    depths=[1],
+    patch_sizes=[7],
+    patch_strides=[4],
+    patch_paddings=[2])
 SIZES = [(97, 131), (64, 80)]
 
 
@@ -28,6 +27,8 @@ def one_stage_cvt(**kwargs):
 
 
 def two_stage_cvt(**kwargs):
+    """For the graphs that AOTAutograd traces without inductor: what passes
+    between stages too."""
     torch.manual_seed(0)
     return CvT(TWO_STAGES, out_indices=(0, 1), with_cls_token=True, **kwargs)
 
@@ -44,9 +45,8 @@ def training_step(model, x):
     torch.manual_seed(1)
     outs = model(x)
     sum((o**2).mean() for o in outs).backward()
-    grads = torch.cat([
-        p.grad.flatten() for p in model.parameters() if p.grad is not None
-    ])
+    grads = torch.cat(
+        [p.grad.flatten() for p in model.parameters() if p.grad is not None])
     return [o.detach() for o in outs], grads
 
 
@@ -65,7 +65,9 @@ def compare_training_steps(compiled, eager_model, x):
         torch.testing.assert_close(compiled_state[key], value, msg=key)
 
 
-def test_the_compiled_backbone_serves_a_second_image_size_without_recompiling():
+@pytest.mark.slow
+def test_the_compiled_backbone_serves_a_second_image_size_without_recompiling(
+):
     model = one_stage_cvt().eval()
     compiled = torch.compile(model, dynamic=True, fullgraph=True)
     for i, size in enumerate(SIZES):
@@ -78,6 +80,7 @@ def test_the_compiled_backbone_serves_a_second_image_size_without_recompiling():
             assert relative_error(out, ref) < 1e-4
 
 
+@pytest.mark.slow
 def test_a_compiled_training_step_has_the_gradients_of_eager():
     # inductor; torch 2.13 recompiles a training graph of convolutions for
     # each new image size (README, "Compiling the backbone"), so one size
@@ -86,6 +89,7 @@ def test_a_compiled_training_step_has_the_gradients_of_eager():
     compare_training_steps(compiled, model, torch.rand(2, 3, *SIZES[0]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('with_cp', [False, True, 'selective'])
 def test_compiled_training_traces_one_graph_for_every_image_size(with_cp):
     # the graph that dynamo and AOTAutograd make, run without inductor's
@@ -98,6 +102,7 @@ def test_compiled_training_traces_one_graph_for_every_image_size(with_cp):
             compare_training_steps(compiled, model, torch.rand(2, 3, *size))
 
 
+@pytest.mark.slow
 def test_the_compile_switch_compiles_the_backbone_with_its_options():
     torch.manual_seed(0)
     eager = CvT(TINY).eval()
@@ -125,7 +130,7 @@ def test_the_compiled_detection_config_pads_batches_to_few_sizes():
     sizes = {(800, 1067), (800, 1201), (800, 1199), (683, 1024), (800, 1000)}
     padded = set()
     for height, width in sizes:
-        batch = preprocessor(dict(
-            inputs=[torch.zeros(3, height, width, dtype=torch.uint8)]))
+        batch = preprocessor(
+            dict(inputs=[torch.zeros(3, height, width, dtype=torch.uint8)]))
         padded.add(tuple(batch['inputs'].shape[2:]))
     assert padded == {(896, 1024), (896, 1152), (896, 1280), (768, 1024)}

@@ -35,9 +35,11 @@ def tiny_official_model(tiny_reference, official_tiny_path):
     """
 
     def build(with_cls_token):
-        return pretrained_cvt(official_tiny_path,
-                              arch_from_official_spec(tiny_reference['spec']),
-                              with_cls_token=with_cls_token, out_norm=False)
+        return pretrained_cvt(
+            official_tiny_path,
+            arch_from_official_spec(tiny_reference['spec']),
+            with_cls_token=with_cls_token,
+            out_norm=False)
 
     return build
 
@@ -83,23 +85,28 @@ def shapes(state_dict):
     return {k: tuple(v.shape) for k, v in state_dict.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('arch', ['13', '21', 'w24'])
 @pytest.mark.parametrize('with_cls_token', [False, True])
 def test_preset_parameters_map_exactly_onto_the_released_keys(
         official_keys, arch, with_cls_token):
     # shapes only: meta tensors go through the conversion as weights would
-    released = {k: torch.empty(v, device='meta')
-                for k, v in official_keys[f'cvt-{arch}'].items()}
+    released = {
+        k: torch.empty(v, device='meta')
+        for k, v in official_keys[f'cvt-{arch}'].items()
+    }
     expected = shapes(convert_official(released))
     expected = {k: v for k, v in expected.items() if not k.startswith('head.')}
     if not with_cls_token:
         del expected['stages.2.cls_token']
-    model = CvT(arch, with_cls_token=with_cls_token, out_norm=False,
-                out_indices=2)
+    model = CvT(
+        arch, with_cls_token=with_cls_token, out_norm=False, out_indices=2)
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     # the released final norm becomes the last stage's output norm
-    ours.update({'norm2.weight': ours['stages.2.patch_embed.norm.weight'],
-                 'norm2.bias': ours['stages.2.patch_embed.norm.bias']})
+    ours.update({
+        'norm2.weight': ours['stages.2.patch_embed.norm.weight'],
+        'norm2.bias': ours['stages.2.patch_embed.norm.bias']
+    })
     assert ours == expected
 
 
@@ -113,6 +120,7 @@ def test_released_key_lists_have_the_official_parameter_counts(
     assert count == OFFICIAL_PARAMS[arch]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('arch, width', [('13', 384), ('21', 384),
                                          ('w24', 1024)])
 @pytest.mark.parametrize('with_cls_token', [False, True])

@@ -4,7 +4,6 @@ import torch
 
 from mmcvt.models import CvT
 from mmcvt.models.backbones.cvt_checkpoint import hf_to_official
-
 from .utils import HF_ARCH, pretrained_cvt
 
 
@@ -28,9 +27,8 @@ def load(checkpoint, **kwargs):
 
 def assert_holds_official_weights(model, official):
     ours = model.state_dict()
-    torch.testing.assert_close(
-        ours['stages.0.patch_embed.projection.weight'],
-        official['stage0.patch_embed.proj.weight'])
+    torch.testing.assert_close(ours['stages.0.patch_embed.projection.weight'],
+                               official['stage0.patch_embed.proj.weight'])
     torch.testing.assert_close(ours['stages.2.blocks.1.ffn.layers.1.weight'],
                                official['stage2.blocks.1.mlp.fc2.weight'])
     # k and v fused: k's BN channels interleaved with v's, k's Linear first
@@ -43,8 +41,8 @@ def assert_holds_official_weights(model, official):
 
 
 @pytest.mark.parametrize('wrapper', [None, 'state_dict', 'model'])
-def test_official_checkpoints_load_plain_or_wrapped(
-        official_state_dict, tmp_path, wrapper):
+def test_official_checkpoints_load_plain_or_wrapped(official_state_dict,
+                                                    tmp_path, wrapper):
     obj = official_state_dict if wrapper is None else {
         wrapper: official_state_dict
     }
@@ -110,10 +108,11 @@ def test_a_missing_key_is_an_error_that_names_it(official_state_dict,
     broken = dict(official_state_dict)
     del broken['stage1.blocks.0.attn.proj_v.weight']
     # without its v, the k Linear cannot be fused: both are named
-    with pytest.raises(ValueError,
-                       match=r'missing keys \[stages\.1\.blocks\.0\.attn'
-                       r'\.proj_kv\.weight\].*unexpected keys \[stages\.1'
-                       r'\.blocks\.0\.attn\.proj_k\.weight\]'):
+    with pytest.raises(
+            ValueError,
+            match=r'missing keys \[stages\.1\.blocks\.0\.attn'
+            r'\.proj_kv\.weight\].*unexpected keys \[stages\.1'
+            r'\.blocks\.0\.attn\.proj_k\.weight\]'):
         load(save(broken, tmp_path))
 
 
@@ -121,9 +120,10 @@ def test_an_unexpected_key_is_an_error_that_names_it(official_state_dict,
                                                      tmp_path):
     extra = dict(official_state_dict)
     extra['stage1.blocks.0.attn.rel_pos'] = torch.zeros(3)
-    with pytest.raises(ValueError,
-                       match=r'unexpected keys \[stages\.1\.blocks\.0\.attn'
-                       r'\.rel_pos\]'):
+    with pytest.raises(
+            ValueError,
+            match=r'unexpected keys \[stages\.1\.blocks\.0\.attn'
+            r'\.rel_pos\]'):
         load(save(extra, tmp_path))
 
 

@@ -19,7 +19,6 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmcvt.analysis import count_flops
 from mmcvt.models import CvT, ExtraLevels
-
 from .utils import REPO, TINY, load_repo_config, load_tool
 
 gather_results = load_tool('analysis_tools/gather_results.py')
@@ -47,8 +46,12 @@ LEVELS = {
     SEMFPN: [(4, 256), (8, 256), (16, 256), (32, 256)],
 }
 # the recipes' backbone lr, of the head's
-BACKBONE_LR_MULT = {DINO: 0.1, MASK2FORMER_COCO: 0.1, MASK2FORMER_ADE: 0.1,
-                    SEMFPN: 1.}
+BACKBONE_LR_MULT = {
+    DINO: 0.1,
+    MASK2FORMER_COCO: 0.1,
+    MASK2FORMER_ADE: 0.1,
+    SEMFPN: 1.
+}
 
 
 def cvt13_config_of(path):
@@ -64,9 +67,11 @@ def shapes_batch(scope, shapes, shapes_seg, side=128):
     else:
         demo, root = 'configs/demo/upernet_cvt13_shapes.py', shapes_seg
     dataset = load_repo_config(demo).train_dataloader.dataset
-    pipeline = [dict(t, scale=(side, side)) if t.type == 'Resize' else t
-                for t in dataset.pipeline
-                if t.type not in ('RandomFlip', 'PhotoMetricDistortion')]
+    pipeline = [
+        dict(t, scale=(side, side)) if t.type == 'Resize' else t
+        for t in dataset.pipeline
+        if t.type not in ('RandomFlip', 'PhotoMetricDistortion')
+    ]
     dataset = DATASETS.build(
         dict(dataset, data_root=f'{root}/', pipeline=pipeline))
     return pseudo_collate([dataset[i] for i in range(2)])
@@ -103,12 +108,16 @@ def tiny_cvt():
 
 def test_extra_levels_appends_one_stride_2_level_per_extra_channel():
     neck = ExtraLevels(in_channels=[16, 32, 48], extra_channels=[96, 64])
-    maps = [torch.rand(2, c, 32 // 2**i, 48 // 2**i)
-            for i, c in enumerate([16, 32, 48])]
+    maps = [
+        torch.rand(2, c, 32 // 2**i, 48 // 2**i)
+        for i, c in enumerate([16, 32, 48])
+    ]
     levels = neck(maps)
-    assert [tuple(level.shape) for level in levels] == [
-        (2, 16, 32, 48), (2, 32, 16, 24), (2, 48, 8, 12), (2, 96, 4, 6),
-        (2, 64, 2, 3)]
+    assert [tuple(level.shape) for level in levels] == [(2, 16, 32, 48),
+                                                        (2, 32, 16, 24),
+                                                        (2, 48, 8, 12),
+                                                        (2, 96, 4, 6),
+                                                        (2, 64, 2, 3)]
     assert all(level is x for level, x in zip(levels, maps))
 
 
@@ -119,7 +128,8 @@ def test_extra_levels_of_an_odd_image_size_halve_rounding_up():
     # the extra level at half the last stage's size, rounding up: 6x9 -> 3x5
     assert [tuple(level.shape[1:]) for level in levels] == [
         (channels, level_size(97, stride), level_size(131, stride))
-        for channels, stride in zip([16, 32, 48, 96], [4, 8, 16, 32])]
+        for channels, stride in zip([16, 32, 48, 96], [4, 8, 16, 32])
+    ]
 
 
 def test_the_extra_level_trains_the_backbone_through_its_conv():
@@ -136,30 +146,43 @@ def test_the_extra_level_trains_the_backbone_through_its_conv():
 def test_the_inner_neck_is_the_configs_scopes_and_takes_every_level(scope):
     with DefaultScope.overwrite_default_scope(scope):
         neck = MODELS.build(
-            dict(type='ExtraLevels', in_channels=[16, 32, 48],
-                 extra_channels=[96],
-                 neck=dict(type='FPN', out_channels=32, num_outs=4)))
+            dict(
+                type='ExtraLevels',
+                in_channels=[16, 32, 48],
+                extra_channels=[96],
+                neck=dict(type='FPN', out_channels=32, num_outs=4)))
     assert type(neck.neck).__module__.startswith(f'{scope}.')
     assert neck.neck.in_channels == [16, 32, 48, 96]  # set for it
-    maps = [torch.rand(1, c, 16 // 2**i, 16 // 2**i)
-            for i, c in enumerate([16, 32, 48])]
-    assert [tuple(level.shape) for level in neck(maps)] == [
-        (1, 32, 16, 16), (1, 32, 8, 8), (1, 32, 4, 4), (1, 32, 2, 2)]
+    maps = [
+        torch.rand(1, c, 16 // 2**i, 16 // 2**i)
+        for i, c in enumerate([16, 32, 48])
+    ]
+    assert [tuple(level.shape) for level in neck(maps)] == [(1, 32, 16, 16),
+                                                            (1, 32, 8, 8),
+                                                            (1, 32, 4, 4),
+                                                            (1, 32, 2, 2)]
 
 
 def test_an_inner_neck_taking_other_channels_is_an_error():
-    with pytest.raises(ValueError, match=r'in_channels=\[16, 32, 48\], but '
-                       r'ExtraLevels gives it \[16, 32, 48, 96\]'):
+    with pytest.raises(
+            ValueError,
+            match=r'in_channels=\[16, 32, 48\], but '
+            r'ExtraLevels gives it \[16, 32, 48, 96\]'):
         ExtraLevels([16, 32, 48], [96],
-                    neck=dict(type='mmdet.FPN', in_channels=[16, 32, 48],
-                              out_channels=32, num_outs=4))
+                    neck=dict(
+                        type='mmdet.FPN',
+                        in_channels=[16, 32, 48],
+                        out_channels=32,
+                        num_outs=4))
 
 
 def test_maps_of_other_channels_are_an_error_naming_in_channels():
     neck = ExtraLevels([64, 192, 384], [768])
     maps = [torch.rand(1, c, 4, 4) for c in [16, 32, 48]]
-    with pytest.raises(ValueError, match=r'built for maps of \[64, 192, '
-                       r'384\] channels, got 3 maps of \[16, 32, 48\]'):
+    with pytest.raises(
+            ValueError,
+            match=r'built for maps of \[64, 192, '
+            r'384\] channels, got 3 maps of \[16, 32, 48\]'):
         neck(maps)
 
 
@@ -194,9 +217,9 @@ def shipped(request):
     # 1024 mask points a query, not 12544: the masks of 128x128 images are
     # 32x32 at stride 4, and 12544 points sampled each pixel 12 times over,
     # at most of a Mask2Former step's cost on the CPU
-    train_cfg = (cfg.model.decode_head.train_cfg
-                 if cvt13_config_of(path) == MASK2FORMER_ADE else
-                 cfg.model.get('train_cfg', {}))
+    train_cfg = (
+        cfg.model.decode_head.train_cfg if cvt13_config_of(path)
+        == MASK2FORMER_ADE else cfg.model.get('train_cfg', {}))
     if 'num_points' in train_cfg:
         train_cfg.num_points = 1024
     imports = RecordImports('panopticapi')
@@ -211,23 +234,25 @@ def shipped(request):
     return path, cfg, model, optim_wrapper, imports
 
 
+@pytest.mark.slow
 def test_a_config_gives_its_head_the_levels_of_its_recipe(shipped):
     path, cfg, model, *_ = shipped
     model.eval()
     with torch.no_grad():
         levels = model.extract_feat(torch.rand(1, 3, 67, 93))
     model.train()
-    assert [tuple(level.shape[1:]) for level in levels] == [
-        (channels, level_size(67, stride), level_size(93, stride))
-        for stride, channels in LEVELS[cvt13_config_of(path)]]
+    assert [tuple(level.shape[1:]) for level in levels
+            ] == [(channels, level_size(67, stride), level_size(93, stride))
+                  for stride, channels in LEVELS[cvt13_config_of(path)]]
 
 
 @pytest.mark.parametrize('path', CONFIGS)
 def test_the_levels_are_those_the_heads_are_built_for(path):
     cfg = load_repo_config(path)
     strides, channels = zip(*LEVELS[cvt13_config_of(path)])
-    head = (cfg.model.get('panoptic_head') or cfg.model.get('decode_head')
-            or cfg.model.encoder.layer_cfg.self_attn_cfg)
+    head = (
+        cfg.model.get('panoptic_head') or cfg.model.get('decode_head')
+        or cfg.model.encoder.layer_cfg.self_attn_cfg)
     if 'num_levels' in head:  # DINO's deformable attention
         assert head.num_levels == len(strides)
     elif 'feature_strides' in head:  # Semantic FPN
@@ -267,6 +292,7 @@ def test_the_backbone_trains_at_the_recipes_lr_without_decay_on_norms(path):
                 (base_lr * lr_mult, expected_decay)), f'{module_name}.{name}'
 
 
+@pytest.mark.slow
 def test_the_backbones_lr_keys_select_no_other_parameter(shipped):
     _, _, model, optim_wrapper, _ = shipped
     optimizer = optim_wrapper.optimizer
@@ -276,6 +302,7 @@ def test_the_backbones_lr_keys_select_no_other_parameter(shipped):
                for p in model.parameters() if id(p) not in backbone)
 
 
+@pytest.mark.slow
 def test_a_config_takes_a_finite_training_step_that_trains_the_backbone(
         shipped, shapes, shapes_seg):
     path, cfg, model, optim_wrapper, _ = shipped
@@ -291,6 +318,7 @@ def test_a_config_takes_a_finite_training_step_that_trains_the_backbone(
     assert not torch.equal(model.backbone.norm2.weight, last_norm)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     'shipped', [MASK2FORMER_COCO, 'configs/mask2former_cvt21_coco.py'],
     indirect=True)
@@ -303,6 +331,7 @@ def test_mask2former_coco_builds_without_panopticapi_and_tests_instances(
         assert evaluator.metric == ['bbox', 'segm']
 
 
+@pytest.mark.slow
 def test_the_train_step_benchmark_draws_labels_of_the_heads_classes(shipped):
     _, cfg, model, *_ = shipped
     assert train_step_benchmark.num_classes_of(model) == (
@@ -310,8 +339,7 @@ def test_the_train_step_benchmark_draws_labels_of_the_heads_classes(shipped):
 
 
 @pytest.mark.parametrize('twin', list(CVT21_TWINS))
-def test_a_cvt21_twin_differs_from_its_cvt13_config_only_in_the_backbone(
-        twin):
+def test_a_cvt21_twin_differs_from_its_cvt13_config_only_in_the_backbone(twin):
     cvt21, cvt13 = load_repo_config(twin), load_repo_config(CVT21_TWINS[twin])
     assert (cvt21.model.backbone.arch, cvt21.model.backbone.drop_path_rate,
             cvt21.model.backbone.init_cfg.checkpoint) == (
@@ -326,18 +354,18 @@ def test_a_cvt21_twin_differs_from_its_cvt13_config_only_in_the_backbone(
 def test_semantic_fpn_trains_with_the_pvt_schedule():
     cfg = load_repo_config(SEMFPN)
     optimizer = cfg.optim_wrapper.optimizer
-    assert (optimizer.type, optimizer.lr, optimizer.weight_decay) == (
-        'AdamW', 1e-4, 1e-4)
+    assert (optimizer.type, optimizer.lr,
+            optimizer.weight_decay) == ('AdamW', 1e-4, 1e-4)
     poly, = cfg.param_scheduler
-    assert (poly.type, poly.power, poly.eta_min, poly.end) == (
-        'PolyLR', 0.9, 0., 80000)
+    assert (poly.type, poly.power, poly.eta_min, poly.end) == ('PolyLR', 0.9,
+                                                               0., 80000)
     assert cfg.train_cfg.max_iters == 80000
     assert cfg.train_dataloader.batch_size * 4 == 16  # 4 GPUs (4xb4)
 
 
 def test_the_heads_keep_their_recipes_clipping_and_embedding_decay():
-    dino, mask2former = (load_repo_config(p).optim_wrapper
-                         for p in (DINO, MASK2FORMER_ADE))
+    dino, mask2former = (
+        load_repo_config(p).optim_wrapper for p in (DINO, MASK2FORMER_ADE))
     assert dino.clip_grad.max_norm == 0.1
     assert dino.optimizer.weight_decay == 1e-4
     assert mask2former.clip_grad.max_norm == 0.01
@@ -410,6 +438,7 @@ def loss_of(model, batch):
     return loss.item()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', list(LEARNERS))
 def test_the_model_learns_a_fixed_batch(path, shapes, shapes_seg):
     make_tiny, steps = LEARNERS[path]
@@ -441,10 +470,22 @@ def test_the_model_learns_a_fixed_batch(path, shapes, shapes_seg):
 # lays them out: the dumped config, and a test run's directory with its
 # config and metrics (values made up; the layout is the Runner's).
 REPORTED = {
-    DINO: {'coco/bbox_mAP': 0.491, 'coco/bbox_mAP_50': 0.668},
-    MASK2FORMER_COCO: {'coco/bbox_mAP': 0.457, 'coco/segm_mAP': 0.429},
-    MASK2FORMER_ADE: {'mIoU': 47.71, 'aAcc': 82.1},
-    SEMFPN: {'mIoU': 41.62, 'aAcc': 79.3},
+    DINO: {
+        'coco/bbox_mAP': 0.491,
+        'coco/bbox_mAP_50': 0.668
+    },
+    MASK2FORMER_COCO: {
+        'coco/bbox_mAP': 0.457,
+        'coco/segm_mAP': 0.429
+    },
+    MASK2FORMER_ADE: {
+        'mIoU': 47.71,
+        'aAcc': 82.1
+    },
+    SEMFPN: {
+        'mIoU': 41.62,
+        'aAcc': 79.3
+    },
 }
 REPORTED_TTA = {MASK2FORMER_ADE: {'mIoU': 48.93, 'aAcc': 82.8}}
 
@@ -482,8 +523,9 @@ def work_dir_of_a_test_run(root, path):
 def test_gather_results_puts_each_heads_metrics_in_its_table(tmp_path):
     work_dirs = [work_dir_of_a_test_run(tmp_path, path) for path in REPORTED]
     out_dir = tmp_path / 'gathered'
-    gather_results.main([str(w) for w in work_dirs] +
-                        ['--out-dir', str(out_dir), '--skip-flops'])
+    gather_results.main(
+        [str(w) for w in work_dirs] +
+        ['--out-dir', str(out_dir), '--skip-flops'])
     rows = {}
     for line in (out_dir / 'results.md').read_text().splitlines():
         if line.startswith('| `'):
@@ -502,23 +544,23 @@ def test_gather_results_puts_each_heads_metrics_in_its_table(tmp_path):
         for model in models
     }
     assert results == {
-        'dino-4scale_cvt13_coco': {('Object Detection', 'COCO',
-                                    ('box AP', 49.1))},
-        'mask2former_cvt13_coco': {
-            ('Object Detection', 'COCO', ('box AP', 45.7)),
-            ('Instance Segmentation', 'COCO', ('mask AP', 42.9))},
-        'mask2former_cvt13_ade20k': {
-            ('Semantic Segmentation', 'ADE20K', ('mIoU', 47.71)),
-            ('Semantic Segmentation', 'ADE20K', ('mIoU(ms+flip)', 48.93))},
-        'semfpn_cvt13_ade20k': {('Semantic Segmentation', 'ADE20K',
-                                 ('mIoU', 41.62))},
+        'dino-4scale_cvt13_coco':
+        {('Object Detection', 'COCO', ('box AP', 49.1))},
+        'mask2former_cvt13_coco':
+        {('Object Detection', 'COCO', ('box AP', 45.7)),
+         ('Instance Segmentation', 'COCO', ('mask AP', 42.9))},
+        'mask2former_cvt13_ade20k':
+        {('Semantic Segmentation', 'ADE20K', ('mIoU', 47.71)),
+         ('Semantic Segmentation', 'ADE20K', ('mIoU(ms+flip)', 48.93))},
+        'semfpn_cvt13_ade20k':
+        {('Semantic Segmentation', 'ADE20K', ('mIoU', 41.62))},
     }
 
 
 def test_get_flops_counts_mask2former_on_ade20k_with_its_head():
     # MMSegmentation's tensor mode calls the decode head without the data
     # samples that Mask2Former's head needs; get_flops gives them to it
-    counted = get_flops.complexity(load_repo_config(MASK2FORMER_ADE),
-                                   shape=(64, 64))
+    counted = get_flops.complexity(
+        load_repo_config(MASK2FORMER_ADE), shape=(64, 64))
     backbone_flops, _ = count_flops(CvT('13').eval(), torch.rand(1, 3, 64, 64))
     assert counted['macs'] > 3 * backbone_flops / 2  # the head, mostly

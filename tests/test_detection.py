@@ -12,7 +12,6 @@ from mmengine.registry import DATASETS, HOOKS, MODELS
 
 from mmcvt.fileio import load_from_local_file
 from mmcvt.models import CvT
-
 from .utils import (REPO, dist_train, load_repo_config, load_tool,
                     predictions_png_cells, save_untrained_checkpoint,
                     shapes_options)
@@ -36,18 +35,19 @@ DINO_MASK2FORMER_CONFIGS = [
     'configs/mask2former_cvt13_coco.py',
 ]
 
-
 # One short epoch of 4 iterations (16 images, batch 4), unless a test says
 # otherwise
-demo_options = functools.partial(shapes_options, **{
-    'train_dataloader.batch_size': '4',
-    'train_cfg.max_epochs': '1',
-    'train_cfg.val_interval': '1',
-    'default_hooks.checkpoint.interval': '1',
-})
+demo_options = functools.partial(
+    shapes_options, **{
+        'train_dataloader.batch_size': '4',
+        'train_cfg.max_epochs': '1',
+        'train_cfg.val_interval': '1',
+        'default_hooks.checkpoint.interval': '1',
+    })
 
 
 # ---- configs ----------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize('path', COCO_CONFIGS + [DEMO])
 def test_a_config_builds_and_takes_a_finite_training_step(path, shapes):
     cfg = load_repo_config(path)
@@ -62,22 +62,25 @@ def test_a_config_builds_and_takes_a_finite_training_step(path, shapes):
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     # the demo's pipeline: small images keep one step of any config cheap
     dataset = DATASETS.build(
-        dict(load_repo_config(DEMO).train_dataloader.dataset,
-             data_root=f'{shapes}/'))
+        dict(
+            load_repo_config(DEMO).train_dataloader.dataset,
+            data_root=f'{shapes}/'))
     batch = pseudo_collate([dataset[i] for i in range(2)])
     losses = model.train_step(batch, optim_wrapper)
     assert losses and all(torch.isfinite(v) for v in losses.values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', COCO_CONFIGS + DINO_MASK2FORMER_CONFIGS)
 def test_coco_train_pipelines_run_on_an_image(path, shapes):
     cfg = load_repo_config(path)
     dataset = DATASETS.build(
-        dict(cfg.train_dataloader.dataset,
-             data_root=f'{shapes}/',
-             ann_file='annotations/instances_train.json',
-             data_prefix=dict(img='train/'),
-             metainfo=dict(classes=make_shapes.CLASSES)))
+        dict(
+            cfg.train_dataloader.dataset,
+            data_root=f'{shapes}/',
+            ann_file='annotations/instances_train.json',
+            data_prefix=dict(img='train/'),
+            metainfo=dict(classes=make_shapes.CLASSES)))
     packed = dataset[0]
     assert packed['inputs'].shape[0] == 3
     assert len(packed['data_samples'].gt_instances) > 0
@@ -85,7 +88,8 @@ def test_coco_train_pipelines_run_on_an_image(path, shapes):
 
 def test_coco_configs_use_the_papers_backbone_settings():
     settings = {
-        path: load_repo_config(path).model.backbone for path in COCO_CONFIGS
+        path: load_repo_config(path).model.backbone
+        for path in COCO_CONFIGS
     }
     cvt13, cvt21, cvt13_3x, cascade_3x, retinanet = settings.values()
     assert (cvt13.arch, cvt13.drop_path_rate) == ('13', 0.1)
@@ -104,8 +108,9 @@ def test_the_fpn_gives_five_levels_from_the_three_cvt_stages():
     model = MODELS.build(cfg.model).eval()
     with torch.no_grad():
         levels = model.extract_feat(torch.rand(1, 3, 128, 192))
-    assert [tuple(level.shape[2:]) for level in levels] == [
-        (32, 48), (16, 24), (8, 12), (4, 6), (2, 3)]
+    assert [tuple(level.shape[2:]) for level in levels] == [(32, 48), (16, 24),
+                                                            (8, 12), (4, 6),
+                                                            (2, 3)]
 
 
 def test_no_weight_decay_on_norms_biases_and_depthwise_convs():
@@ -113,8 +118,11 @@ def test_no_weight_decay_on_norms_biases_and_depthwise_convs():
     cfg.model.backbone.init_cfg = None
     model = MODELS.build(cfg.model)
     optimizer = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
-    decay = {id(p): g['weight_decay'] for g in optimizer.param_groups
-             for p in g['params']}
+    decay = {
+        id(p): g['weight_decay']
+        for g in optimizer.param_groups
+        for p in g['params']
+    }
     block = model.backbone.stages[1].blocks[0]
     assert decay[id(block.norm1.weight)] == 0
     assert decay[id(block.attn.proj_q.bias)] == 0
@@ -131,11 +139,11 @@ def test_ms_3x_config_trains_36_epochs_at_several_scales():
     assert choice.type == 'RandomChoice'
 
 
-def test_missing_coco_data_is_an_error_naming_the_path(tmp_path,
-                                                       monkeypatch):
+def test_missing_coco_data_is_an_error_naming_the_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no data/coco here
-    with pytest.raises(FileNotFoundError,
-                       match='data/coco/annotations/instances_train2017.json'):
+    with pytest.raises(
+            FileNotFoundError,
+            match='data/coco/annotations/instances_train2017.json'):
         train_tool.main([str(REPO / 'configs/maskrcnn_cvt13_coco.py')])
 
 
@@ -147,9 +155,10 @@ def test_a_missing_evaluator_annotation_file_is_an_error_naming_its_option(
         f'{split}_dataloader.dataset.data_root={shapes}/'
         for split in ('train', 'val')
     ]
-    with pytest.raises(FileNotFoundError,
-                       match=r'annotations/instances_val.json does not exist'
-                       r'.*--cfg-options val_evaluator.ann_file='):
+    with pytest.raises(
+            FileNotFoundError,
+            match=r'annotations/instances_val.json does not exist'
+            r'.*--cfg-options val_evaluator.ann_file='):
         train_tool.main([str(REPO / DEMO)] + options)
 
 
@@ -172,8 +181,9 @@ AP50_FLOOR = 0.1
 @pytest.fixture(scope='module')
 def demo_run(shapes, tmp_path_factory):
     work_dir = tmp_path_factory.mktemp('demo')
-    train_tool.main([str(REPO / DEMO)] + demo_options(
-        shapes, work_dir, 'demo-train', **DEMO_TRAINING))
+    train_tool.main(
+        [str(REPO / DEMO)] +
+        demo_options(shapes, work_dir, 'demo-train', **DEMO_TRAINING))
     return work_dir
 
 
@@ -182,6 +192,7 @@ def demo_checkpoint(demo_run):
     return demo_run / f'epoch_{DEMO_EPOCHS}.pth'
 
 
+@pytest.mark.slow
 def test_the_demo_learns_boxes_and_masks_above_the_ap50_floor(
         demo_checkpoint, shapes):
     metrics = test_tool.main(
@@ -191,9 +202,11 @@ def test_the_demo_learns_boxes_and_masks_above_the_ap50_floor(
     assert metrics['coco/segm_mAP_50'] > AP50_FLOOR
 
 
+@pytest.mark.slow
 def test_an_untrained_detector_stays_below_the_ap50_floor(shapes, tmp_path):
     checkpoint = save_untrained_checkpoint(DEMO, tmp_path / 'untrained.pth')
-    metrics = test_tool.main([str(REPO / DEMO), str(checkpoint)] +
+    metrics = test_tool.main([str(REPO /
+                                  DEMO), str(checkpoint)] +
                              demo_options(shapes, tmp_path, 'untrained'))
     assert metrics['coco/bbox_mAP_50'] < AP50_FLOOR
     assert metrics['coco/segm_mAP_50'] < AP50_FLOOR
@@ -201,30 +214,35 @@ def test_an_untrained_detector_stays_below_the_ap50_floor(shapes, tmp_path):
 
 def draw_predictions(checkpoint, shapes, out, *options):
     show_predictions.main([
-        str(REPO / DEMO), str(checkpoint), '--out', str(out), *options,
-        '--cfg-options', f'test_dataloader.dataset.data_root={shapes}/'
+        str(REPO / DEMO),
+        str(checkpoint), '--out',
+        str(out), *options, '--cfg-options',
+        f'test_dataloader.dataset.data_root={shapes}/'
     ])
 
 
 def shapes_test_images(shapes):
     dataset = DATASETS.build(
-        dict(load_repo_config(DEMO).test_dataloader.dataset,
-             data_root=f'{shapes}/'))
+        dict(
+            load_repo_config(DEMO).test_dataloader.dataset,
+            data_root=f'{shapes}/'))
     return [dataset.get_data_info(i)['img_path'] for i in range(len(dataset))]
 
 
+@pytest.mark.slow
 def test_show_predictions_draws_each_test_image_with_its_boxes(
         demo_checkpoint, shapes, tmp_path):
     out = tmp_path / 'predictions.png'
     # more than the 8 test images: all of them
-    draw_predictions(demo_checkpoint, shapes, out, '--num', '20',
-                     '--columns', '3')
+    draw_predictions(demo_checkpoint, shapes, out, '--num', '20', '--columns',
+                     '3')
     for image, truth, predictions in predictions_png_cells(
             out, shapes_test_images(shapes), columns=3):
         assert (truth != image).any()
         assert (predictions != image).any()
 
 
+@pytest.mark.slow
 def test_show_predictions_leaves_out_boxes_scored_below_the_threshold(
         demo_checkpoint, shapes, tmp_path, capsys):
     out = tmp_path / 'predictions.png'
@@ -237,9 +255,11 @@ def test_show_predictions_leaves_out_boxes_scored_below_the_threshold(
     assert '(scores above 1.0)' in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_detector_checkpoint_loads_into_the_backbone(demo_checkpoint):
-    backbone = CvT('13', init_cfg=dict(type='Pretrained',
-                                       checkpoint=str(demo_checkpoint)))
+    backbone = CvT(
+        '13',
+        init_cfg=dict(type='Pretrained', checkpoint=str(demo_checkpoint)))
     backbone.init_weights()
     saved = load_from_local_file(str(demo_checkpoint))['state_dict']
     torch.testing.assert_close(
@@ -255,18 +275,21 @@ def run_test_tool(checkpoint, shapes, work_dir):
 
 def run_show_predictions(checkpoint, shapes, work_dir):
     return show_predictions.main([
-        str(REPO / DEMO), str(checkpoint), '--out',
+        str(REPO / DEMO),
+        str(checkpoint), '--out',
         str(work_dir / 'predictions.png'), '--cfg-options',
         f'test_dataloader.dataset.data_root={shapes}/'
     ])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('run_tool', [run_test_tool, run_show_predictions])
 def test_a_checkpoint_of_another_model_stops_the_tool_naming_the_keys(
         run_tool, shapes, tmp_path):
     checkpoint = tmp_path / 'resnet.pth'
-    torch.save({'state_dict': {'conv1.weight': torch.zeros(64, 3, 7, 7)}},
-               checkpoint)
+    torch.save({'state_dict': {
+        'conv1.weight': torch.zeros(64, 3, 7, 7)
+    }}, checkpoint)
     with pytest.raises(RuntimeError) as error:
         run_tool(checkpoint, shapes, tmp_path)
     message = str(error.value)
@@ -287,7 +310,10 @@ class InterruptAfterIter(Hook):
     def __init__(self, after_iter):
         self.after_iter = after_iter
 
-    def after_train_iter(self, runner, batch_idx, data_batch=None,
+    def after_train_iter(self,
+                         runner,
+                         batch_idx,
+                         data_batch=None,
                          outputs=None):
         if runner.iter + 1 == self.after_iter:
             raise Interrupted
@@ -301,8 +327,11 @@ class RecordResumedState(Hook):
     def before_train(self, runner):
         # a copy: the state's tensors are updated in place while training
         RecordResumedState.records.append(
-            copy.deepcopy(dict(epoch=runner.epoch, iter=runner.iter,
-                               optimizer=runner.optim_wrapper.state_dict())))
+            copy.deepcopy(
+                dict(
+                    epoch=runner.epoch,
+                    iter=runner.iter,
+                    optimizer=runner.optim_wrapper.state_dict())))
 
 
 def demo_with_hooks(tmp_path, name, hooks):
@@ -313,14 +342,17 @@ def demo_with_hooks(tmp_path, name, hooks):
     return str(config)
 
 
+@pytest.mark.slow
 def test_resume_continues_an_interrupted_run_from_its_last_checkpoint(
         shapes, tmp_path):
     two_epochs = {'train_cfg.max_epochs': '2'}  # of 4 iterations each
     interrupted = demo_with_hooks(
-        tmp_path, 'interrupted', [dict(type='InterruptAfterIter', after_iter=6)])
+        tmp_path, 'interrupted',
+        [dict(type='InterruptAfterIter', after_iter=6)])
     with pytest.raises(Interrupted):
-        train_tool.main([interrupted] + demo_options(
-            shapes, tmp_path, 'interrupted', **two_epochs))
+        train_tool.main(
+            [interrupted] +
+            demo_options(shapes, tmp_path, 'interrupted', **two_epochs))
     assert (tmp_path / 'epoch_1.pth').is_file()
     assert not (tmp_path / 'epoch_2.pth').exists()
     saved = load_from_local_file(str(tmp_path / 'epoch_1.pth'))
@@ -328,8 +360,8 @@ def test_resume_continues_an_interrupted_run_from_its_last_checkpoint(
     RecordResumedState.records.clear()
     resumed = demo_with_hooks(tmp_path, 'resumed',
                               [dict(type='RecordResumedState')])
-    train_tool.main([resumed, '--resume'] + demo_options(
-        shapes, tmp_path, 'resumed', **two_epochs))
+    train_tool.main([resumed, '--resume'] +
+                    demo_options(shapes, tmp_path, 'resumed', **two_epochs))
     start = RecordResumedState.records[0]
     assert (start['epoch'], start['iter']) == (1, 4)
     resumed_state = start['optimizer']['state']
@@ -337,18 +369,26 @@ def test_resume_continues_an_interrupted_run_from_its_last_checkpoint(
     for key, state in saved['optimizer']['state'].items():
         assert state['step'] == 4
         # saved on the CPU, resumed on the training device
-        torch.testing.assert_close(resumed_state[key]['exp_avg_sq'],
-                                   state['exp_avg_sq'], check_device=False)
-    assert load_from_local_file(
-        str(tmp_path / 'epoch_2.pth'))['meta']['iter'] == 8
+        torch.testing.assert_close(
+            resumed_state[key]['exp_avg_sq'],
+            state['exp_avg_sq'],
+            check_device=False)
+    assert load_from_local_file(str(tmp_path /
+                                    'epoch_2.pth'))['meta']['iter'] == 8
 
 
 # ---- distributed ------------------------------------------------------------
+@pytest.mark.slow
 def test_dist_train_sh_trains_two_cpu_processes_over_gloo_with_a_frozen_stage(
         shapes, tmp_path):
     returncode, log = dist_train(
-        REPO / DEMO, 2, *demo_options(
-            shapes, tmp_path, 'dist', **{
+        REPO / DEMO,
+        2,
+        *demo_options(
+            shapes,
+            tmp_path,
+            'dist',
+            **{
                 'train_dataloader.batch_size': '2',
                 'train_cfg.val_interval': '2',
                 # DDP fails at the second iteration on parameters that
@@ -392,14 +432,16 @@ def test_train_work_dir_defaults_to_work_dirs_and_the_config_name():
 
 
 def test_test_out_dumps_the_predictions_beside_the_metrics():
-    cfg = test_tool.build_config(test_tool.parse_args(
-        [str(REPO / DEMO), 'model.pth', '--out', 'results.pkl']))
-    assert [e['type'] for e in cfg.test_evaluator] == ['CocoMetric',
-                                                       'DumpResults']
+    cfg = test_tool.build_config(
+        test_tool.parse_args(
+            [str(REPO / DEMO), 'model.pth', '--out', 'results.pkl']))
+    assert [e['type']
+            for e in cfg.test_evaluator] == ['CocoMetric', 'DumpResults']
 
 
 def test_test_show_dir_turns_on_the_visualization_hook():
-    cfg = test_tool.build_config(test_tool.parse_args(
-        [str(REPO / DEMO), 'model.pth', '--show-dir', 'vis']))
+    cfg = test_tool.build_config(
+        test_tool.parse_args(
+            [str(REPO / DEMO), 'model.pth', '--show-dir', 'vis']))
     hook = cfg.default_hooks.visualization
     assert hook.draw and hook.test_out_dir == 'vis'

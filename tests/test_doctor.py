@@ -39,6 +39,7 @@ def fake_versions(monkeypatch, **versions):
     monkeypatch.setattr(metadata, 'version', version)
 
 
+@pytest.mark.slow
 def test_this_environment_has_what_mmcvt_needs_on_one_screen():
     result = subprocess.run([sys.executable, '-m', 'mmcvt.doctor'],
                             capture_output=True,
@@ -147,17 +148,20 @@ def test_a_missing_onnx_extra_is_no_failure(monkeypatch, name):
     assert f'ONNX export extra: {name} not installed' in printed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('module, fix', [
     ('mmengine', 'pip install "mmengine<0.11,>=0.10.0"'),
     ('mmcv', 'MMCV_WITH_OPS=1 pip install --no-build-isolation'),
 ])
 def test_a_module_missing_to_import_mmcvt_says_what_to_install(module, fix):
     # `import mmcvt` runs before the doctor can: it gives the command itself
-    result = subprocess.run(
-        [sys.executable, '-c',
-         f'import sys; sys.modules[{module!r}] = None; import runpy; '
-         f'runpy.run_module("mmcvt.doctor", run_name="__main__")'],
-        capture_output=True, text=True)
+    result = subprocess.run([
+        sys.executable, '-c',
+        f'import sys; sys.modules[{module!r}] = None; import runpy; '
+        f'runpy.run_module("mmcvt.doctor", run_name="__main__")'
+    ],
+                            capture_output=True,
+                            text=True)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f'ImportError: mmcvt needs {module}, which this '

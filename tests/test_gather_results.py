@@ -48,9 +48,8 @@ def run_options(work_dir, name, data_root, **extra):
         'visualizer.name': name,
         **extra,
     }
-    return ['--work-dir', str(work_dir), '--cfg-options'] + [
-        f'{k}={v}' for k, v in options.items()
-    ]
+    return ['--work-dir', str(work_dir), '--cfg-options'
+            ] + [f'{k}={v}' for k, v in options.items()]
 
 
 @pytest.fixture(scope='module')
@@ -58,13 +57,17 @@ def detection_run(tmp_path_factory):
     """The Mask R-CNN demo's work dir after train.py and test.py, and the
     metrics test.py reported."""
     root = tmp_path_factory.mktemp('shapes', numbered=False)
-    make_shapes.main(['--task', 'instance', '--out', str(root),
-                      '--num-train', '2', '--num-val', '2'])
+    make_shapes.main([
+        '--task', 'instance', '--out',
+        str(root), '--num-train', '2', '--num-val', '2'
+    ])
     work_dir = tmp_path_factory.mktemp('work_dirs') / 'maskrcnn_cvt13_shapes'
     val_json = f'{root}/annotations/instances_val.json'
-    options = {'train_cfg.max_epochs': '1',
-               'default_hooks.checkpoint.interval': '1',
-               'test_evaluator.ann_file': val_json}
+    options = {
+        'train_cfg.max_epochs': '1',
+        'default_hooks.checkpoint.interval': '1',
+        'test_evaluator.ann_file': val_json
+    }
     train_tool.main([str(DET_DEMO)] +
                     run_options(work_dir, 'gather-det', root, **options))
     metrics = test_tool.main(
@@ -78,23 +81,26 @@ def segmentation_run(tmp_path_factory):
     """The UperNet demo's work dir after train.py, test.py and test.py
     --tta, and the metrics each test reported."""
     root = tmp_path_factory.mktemp('shapes_seg', numbered=False)
-    make_shapes.main(['--task', 'semseg', '--out', str(root),
-                      '--num-train', '2', '--num-val', '2'])
+    make_shapes.main([
+        '--task', 'semseg', '--out',
+        str(root), '--num-train', '2', '--num-val', '2'
+    ])
     # named as the demo, as the Runner names what it dumps into the work dir
     config = tmp_path_factory.mktemp('config') / SEG_DEMO.name
     config.write_text(SEG_DEMO_CHEAP_TTA)
     work_dir = tmp_path_factory.mktemp('work_dirs') / 'upernet_cvt13_shapes'
-    options = {'train_cfg.max_iters': '1',
-               'default_hooks.checkpoint.interval': '1'}
+    options = {
+        'train_cfg.max_iters': '1',
+        'default_hooks.checkpoint.interval': '1'
+    }
     train_tool.main([str(config)] +
                     run_options(work_dir, 'gather-seg', root, **options))
     checkpoint = str(work_dir / 'iter_1.pth')
     single_scale = test_tool.main(
         [str(config), checkpoint] +
         run_options(work_dir, 'gather-seg-test', root))
-    tta = test_tool.main(
-        [str(config), checkpoint, '--tta'] +
-        run_options(work_dir, 'gather-seg-tta', root))
+    tta = test_tool.main([str(config), checkpoint, '--tta'] +
+                         run_options(work_dir, 'gather-seg-tta', root))
     return work_dir, single_scale, tta
 
 
@@ -114,12 +120,14 @@ def gather(tmp_path, *work_dirs, count_flops=False):
 
 
 def metric(model, name):
-    values = [r['Metrics'][name] for r in model['Results']
-              if name in r['Metrics']]
+    values = [
+        r['Metrics'][name] for r in model['Results'] if name in r['Metrics']
+    ]
     assert len(values) == 1, model['Results']
     return values[0]
 
 
+@pytest.mark.slow
 def test_the_coco_row_and_metafile_hold_the_aps_test_py_reported(
         detection_run, tmp_path):
     work_dir, reported = detection_run
@@ -129,10 +137,11 @@ def test_the_coco_row_and_metafile_hold_the_aps_test_py_reported(
     box, mask, *_ = rows['maskrcnn_cvt13_shapes.py']
     assert (box, mask) == (str(box_ap), str(mask_ap))
     model = models['maskrcnn_cvt13_shapes']
-    assert (metric(model, 'box AP'), metric(model, 'mask AP')) == (box_ap,
-                                                                   mask_ap)
+    assert (metric(model, 'box AP'), metric(model,
+                                            'mask AP')) == (box_ap, mask_ap)
 
 
+@pytest.mark.slow
 def test_the_metafile_names_the_config_schedule_data_and_weights(
         detection_run, tmp_path):
     work_dir, _ = detection_run
@@ -145,6 +154,7 @@ def test_the_metafile_names_the_config_schedule_data_and_weights(
     assert model['Weights'] == str(work_dir / 'epoch_1.pth')
 
 
+@pytest.mark.slow
 def test_the_log_cell_names_the_training_runs_log(detection_run, tmp_path):
     work_dir, _ = detection_run
     rows, _ = gather(tmp_path, work_dir)
@@ -153,6 +163,7 @@ def test_the_log_cell_names_the_training_runs_log(detection_run, tmp_path):
     assert 'Epoch(train) [1][1/1]' in open(log).read()
 
 
+@pytest.mark.slow
 def test_the_ade_row_and_metafile_hold_the_mious_test_py_reported(
         segmentation_run, tmp_path):
     work_dir, single_scale, tta = segmentation_run
@@ -165,6 +176,7 @@ def test_the_ade_row_and_metafile_hold_the_mious_test_py_reported(
     assert model['Metadata']['Iterations'] == 1
 
 
+@pytest.mark.slow
 def test_params_and_flops_are_get_flops_counts(segmentation_run, tmp_path):
     work_dir, *_ = segmentation_run
     rows, models = gather(tmp_path, work_dir, count_flops=True)
@@ -177,16 +189,18 @@ def test_params_and_flops_are_get_flops_counts(segmentation_run, tmp_path):
     assert metadata['FLOPs'] == int(counted['macs'])
 
 
-def test_a_run_without_a_test_or_memory_is_not_measured(detection_run,
-                                                        tmp_path):
+def test_a_run_without_a_test_or_memory_is_not_measured(
+        detection_run, tmp_path):
     work_dir, _ = detection_run
     # the work dir as training left it: without the test run's directory,
     # which holds <timestamp>/<timestamp>.json
     train_only = shutil.copytree(
-        work_dir, tmp_path / 'maskrcnn_cvt13_shapes',
+        work_dir,
+        tmp_path / 'maskrcnn_cvt13_shapes',
         ignore=lambda parent, names: [
             name for name in names
-            if (Path(parent) / name / f'{name}.json').is_file()])
+            if (Path(parent) / name / f'{name}.json').is_file()
+        ])
     rows, models = gather(tmp_path, train_only)
     # CPU training logs no memory
     assert rows['maskrcnn_cvt13_shapes.py'][:5] == ['not measured'] * 5
@@ -195,15 +209,16 @@ def test_a_run_without_a_test_or_memory_is_not_measured(detection_run,
         'Metadata']
 
 
-def test_train_memory_is_the_peak_the_training_log_holds(detection_run,
-                                                         tmp_path):
+def test_train_memory_is_the_peak_the_training_log_holds(
+        detection_run, tmp_path):
     work_dir, _ = detection_run
     copy = shutil.copytree(work_dir, tmp_path / 'maskrcnn_cvt13_shapes')
     # the fields a GPU run logs: MB per GPU, peak since the last log line
     scalars, = copy.glob('*/vis_data/scalars.json')
-    train_line, = [json.loads(line)
-                   for line in scalars.read_text().splitlines()
-                   if 'loss' in line]
+    train_line, = [
+        json.loads(line) for line in scalars.read_text().splitlines()
+        if 'loss' in line
+    ]
     logged = [3000, 5120, 4000]
     scalars.write_text(''.join(
         json.dumps(dict(train_line, memory=memory, step=step)) + '\n'
@@ -247,8 +262,8 @@ def add_later_test_run(work_dir, metrics_text):
     return later / f'{later.name}.json'
 
 
-@pytest.mark.parametrize('metrics_text', ['{"coco/bbox_mAP": 0.5, "coco/se',
-                                          '{}'])
+@pytest.mark.parametrize('metrics_text',
+                         ['{"coco/bbox_mAP": 0.5, "coco/se', '{}'])
 def test_a_later_test_run_cut_short_or_without_metrics_leaves_the_ap(
         detection_run, tmp_path, capsys, metrics_text):
     work_dir, reported = detection_run
@@ -276,19 +291,20 @@ def test_a_metric_that_is_no_number_is_flagged_not_tabulated(
 
 
 def memory_lines(scalars, memories):
-    train_line = next(json.loads(line)
-                      for line in scalars.read_text().splitlines()
-                      if 'loss' in line)
-    return ''.join(json.dumps(dict(train_line, memory=memory, step=step)) +
-                   '\n' for step, memory in enumerate(memories, start=1))
+    train_line = next(
+        json.loads(line) for line in scalars.read_text().splitlines()
+        if 'loss' in line)
+    return ''.join(
+        json.dumps(dict(train_line, memory=memory, step=step)) + '\n'
+        for step, memory in enumerate(memories, start=1))
 
 
 def test_a_scalars_json_cut_off_mid_line_is_read_but_its_last_line(
         detection_run, tmp_path, capsys):
     copy = copy_of(detection_run[0], tmp_path)
     scalars, = copy.glob('*/vis_data/scalars.json')
-    scalars.write_text(memory_lines(scalars, [3000, 4096]) +
-                       '{"memory": 9000, "lo')
+    scalars.write_text(
+        memory_lines(scalars, [3000, 4096]) + '{"memory": 9000, "lo')
     rows, _ = gather(tmp_path, copy)
     assert rows['maskrcnn_cvt13_shapes.py'][4] == '4.0 GB'
     assert (f'warning: {scalars}: the last line, 3, is cut off'
@@ -301,8 +317,8 @@ def test_a_bad_line_inside_scalars_json_is_an_error_naming_it(
     scalars, = copy.glob('*/vis_data/scalars.json')
     lines = memory_lines(scalars, [3000, 4096]).splitlines()
     scalars.write_text(f'{lines[0]}\n{{"memory": 9\n{lines[1]}\n')
-    with pytest.raises(ValueError,
-                       match=f'{scalars}, line 2, is not valid JSON'):
+    with pytest.raises(
+            ValueError, match=f'{scalars}, line 2, is not valid JSON'):
         gather(tmp_path, copy)
 
 

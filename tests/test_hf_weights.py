@@ -12,7 +12,6 @@ import torch
 from safetensors.torch import save_file
 
 from mmcvt.fileio.checkpoint_loader import url_cache_path
-
 from .utils import HF_ARCH, pretrained_cvt, relative_error
 
 SIZES = [(224, 224), (97, 131), (64, 48), (33, 65)]
@@ -33,8 +32,12 @@ def hf_hidden_states(hf_model, x):
 
 def load_backbone(checkpoint):
     # transformers' CvT uses exact GELU
-    return pretrained_cvt(checkpoint, HF_ARCH, act_cfg=dict(type='GELU'),
-                          with_cls_token=True, out_norm=False)
+    return pretrained_cvt(
+        checkpoint,
+        HF_ARCH,
+        act_cfg=dict(type='GELU'),
+        with_cls_token=True,
+        out_norm=False)
 
 
 def assert_reproduces_transformers(model, hf_model):
@@ -71,8 +74,10 @@ def test_a_directory_of_a_bin_file_loads(hf_model, hf_bin):
 
 def test_a_bare_cvt_model_without_the_cvt_prefix_loads(hf_model, tmp_path):
     path = tmp_path / 'cvt_model.safetensors'
-    save_file({k: v.contiguous() for k, v in hf_model.cvt.state_dict().items()},
-              path)
+    save_file({
+        k: v.contiguous()
+        for k, v in hf_model.cvt.state_dict().items()
+    }, path)
     model = load_backbone(path)
     assert_reproduces_transformers(model, hf_model)
 
@@ -115,12 +120,18 @@ torch.save(model.state_dict(), sys.argv[1])
 
 
 def run_offline(script, cache, *args):
-    env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(cache),
-               HF_HOME=str(cache.parent / 'hf_home'))
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE='1',
+        HF_HUB_CACHE=str(cache),
+        HF_HOME=str(cache.parent / 'hf_home'))
     return subprocess.run([sys.executable, '-c', script, *map(str, args)],
-                          env=env, capture_output=True, text=True)
+                          env=env,
+                          capture_output=True,
+                          text=True)
 
 
+@pytest.mark.slow
 def test_hf_url_loads_from_a_prefilled_cache_with_the_network_off(
         hf_model, hf_dir, tmp_path):
     cache = tmp_path / 'hub'
@@ -135,9 +146,11 @@ def test_hf_url_loads_from_a_prefilled_cache_with_the_network_off(
         assert torch.equal(loaded[key], value), key
 
 
+@pytest.mark.slow
 def test_hf_url_without_network_or_cache_is_a_clear_error(tmp_path):
-    result = run_offline(LOAD_FROM_HUB.format(arch=HF_ARCH), tmp_path / 'hub',
-                         tmp_path / 'never.pth')
+    result = run_offline(
+        LOAD_FROM_HUB.format(arch=HF_ARCH), tmp_path / 'hub',
+        tmp_path / 'never.pth')
     assert result.returncode != 0
     assert 'no weights for hf://test-owner/cvt-tiny' in result.stderr
     assert 'local cache' in result.stderr
@@ -170,14 +183,18 @@ def test_two_urls_with_the_same_file_name_do_not_collide(
     monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
     root, base = http_server
     first = hf_model.state_dict()
-    second = {k: v + 1 if v.is_floating_point() else v
-              for k, v in first.items()}
+    second = {
+        k: v + 1 if v.is_floating_point() else v
+        for k, v in first.items()
+    }
     for name, weights in (('first', first), ('second', second)):
         (root / name).mkdir()
         torch.save(weights, root / name / 'pytorch_model.bin')
 
-    loaded = [load_backbone(f'{base}/{name}/pytorch_model.bin')
-              for name in ('first', 'second')]
+    loaded = [
+        load_backbone(f'{base}/{name}/pytorch_model.bin')
+        for name in ('first', 'second')
+    ]
     key = 'stages.0.patch_embed.projection.weight'
     hf_key = 'cvt.encoder.stages.0.embedding.convolution_embeddings.' \
         'projection.weight'

@@ -45,26 +45,32 @@ model = dict(type='CvT', arch='13')
 '''
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('scope, library', [('mmdet', 'mmdet'),
                                             ('mmseg', 'mmseg')])
 def test_a_config_with_custom_imports_builds_cvt(tmp_path, scope, library):
     config = tmp_path / f'{scope}_cvt.py'
     config.write_text(CONFIG.format(scope=scope))
-    result = subprocess.run(
-        [sys.executable, '-c',
-         BUILD_FROM_CONFIG.format(library=library),
-         str(config)],
-        capture_output=True, text=True)
+    result = subprocess.run([
+        sys.executable, '-c',
+        BUILD_FROM_CONFIG.format(library=library),
+        str(config)
+    ],
+                            capture_output=True,
+                            text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[-2:] == ['mmcvt.models.backbones.cvt', 'CvT']
 
 
+@pytest.mark.slow
 def test_import_mmcvt_on_a_torch_below_its_floor_fails_in_one_line():
     from mmcvt.version import TORCH_MINIMUM
-    result = subprocess.run(
-        [sys.executable, '-c',
-         'import torch; torch.__version__ = "2.5.1+cu121"; import mmcvt'],
-        capture_output=True, text=True)
+    result = subprocess.run([
+        sys.executable, '-c',
+        'import torch; torch.__version__ = "2.5.1+cu121"; import mmcvt'
+    ],
+                            capture_output=True,
+                            text=True)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == (
         f'ImportError: mmcvt needs torch >= {TORCH_MINIMUM}, and this '

@@ -18,8 +18,8 @@ def run(*args):
 
 
 def backbone_from(path, arch, **kwargs):
-    return pretrained_cvt(path, arch, with_cls_token=True, out_norm=False,
-                          **kwargs)
+    return pretrained_cvt(
+        path, arch, with_cls_token=True, out_norm=False, **kwargs)
 
 
 def test_hf_weights_convert_to_a_backbone_that_reproduces_transformers(
@@ -71,11 +71,14 @@ def test_converted_tensors_hold_the_source_numbers_unchanged(
                json.dumps(HF_ARCH)) == 0
     # k and v apart again: one converted tensor for each source tensor
     converted = separate_kv(torch.load(tmp_path / 'out.pth'))
-    source = {k: v for k, v in hf_model.state_dict().items()
-              if not k.startswith('classifier.')}
+    source = {
+        k: v
+        for k, v in hf_model.state_dict().items()
+        if not k.startswith('classifier.')
+    }
     assert len(converted) == len(source)
-    fingerprints = sorted((tuple(v.shape), v.double().sum().item())
-                          for v in source.values())
+    fingerprints = sorted(
+        (tuple(v.shape), v.double().sum().item()) for v in source.values())
     assert sorted((tuple(v.shape), v.double().sum().item())
                   for v in converted.values()) == fingerprints
 
@@ -97,8 +100,9 @@ def test_the_summary_names_the_format_the_counts_and_what_was_dropped(
                json.dumps(HF_ARCH)) == 0
     summary = capsys.readouterr().out
     assert '(hf format)' in summary
-    params = sum(p.numel() for p in CvT(HF_ARCH, with_cls_token=True,
-                                        out_indices=2).parameters())
+    params = sum(
+        p.numel()
+        for p in CvT(HF_ARCH, with_cls_token=True, out_indices=2).parameters())
     assert f'{params:,} parameters' in summary
     assert 'dropped: head.bias, head.weight' in summary
 

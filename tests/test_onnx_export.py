@@ -94,6 +94,7 @@ def detector(tmp_path_factory):
     return dict(path=str(path), status=status, printed=printed)
 
 
+@pytest.mark.slow
 def test_a_whole_upernet_verifies_at_unseen_non_square_sizes(upernet):
     assert upernet['status'] == 0, upernet['printed']
     errors = printed_errors(upernet['printed'])
@@ -101,6 +102,7 @@ def test_a_whole_upernet_verifies_at_unseen_non_square_sizes(upernet):
     assert max(errors.values()) < FP32_BOUND
 
 
+@pytest.mark.slow
 def test_the_upernet_graph_gives_mmsegs_logits_for_uint8_images(upernet):
     """The graph against MMSegmentation's own inference: its data
     preprocessor on BGR uint8 images, then EncoderDecoder.predict."""
@@ -123,6 +125,7 @@ def test_the_upernet_graph_gives_mmsegs_logits_for_uint8_images(upernet):
     assert error < FP32_BOUND
 
 
+@pytest.mark.slow
 def test_batch_height_and_width_are_dynamic_in_the_graph(upernet):
     graph = onnx.load(upernet['path']).graph
     image, = graph.input
@@ -154,6 +157,7 @@ def test_mmsegs_upsample_exports_with_a_symbolic_size(tmp_path):
     assert max(errors) < FP32_BOUND
 
 
+@pytest.mark.slow
 def test_a_detector_exports_its_backbone_and_neck_saying_why(detector):
     assert detector['status'] == 0, detector['printed']
     assert 'not exported: detectors\' heads run mmcv ops (RoIAlign and NMS' \
@@ -183,6 +187,7 @@ def test_mask2former_is_exported_as_backbone_and_neck_naming_why(tmp_path):
         raw_image_module(model, 'model')
 
 
+@pytest.mark.slow
 def test_the_graph_normalises_like_the_data_preprocessor(upernet):
     """RGB 0..255 in, the model's mean and std inside: a constant image of
     the mean is the zero input."""

@@ -21,17 +21,22 @@ from mmcvt import config_paths
 from .tiny_models import write_tiny_config
 from .utils import REPO, load_tool
 
-BUILD_OUTPUTS = shutil.ignore_patterns(
-    '.git', '.venv', 'build', 'dist', '*.egg-info', '__pycache__', '.mim',
-    '.pytest_cache', 'data', 'work_dirs')
+BUILD_OUTPUTS = shutil.ignore_patterns('.git', '.venv', 'build', 'dist',
+                                       '*.egg-info', '__pycache__', '.mim',
+                                       '.pytest_cache', 'data', 'work_dirs')
 
 
 def run(*command, cwd):
     """Runs a command outside this checkout, with nothing on PYTHONPATH."""
     env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
-    result = subprocess.run([str(c) for c in command], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    result = subprocess.run([str(c) for c in command],
+                            cwd=cwd,
+                            env=env,
+                            capture_output=True,
+                            text=True,
+                            timeout=600)
+    assert result.returncode == 0, (
+        result.stdout[-2000:] + result.stderr[-3000:])
     return result.stdout
 
 
@@ -41,9 +46,11 @@ def fresh_venv(path):
     .pth file does not activate)."""
     run(sys.executable, '-m', 'venv', '--without-pip', path, cwd=path.parent)
     python = path / 'bin' / 'python'
-    purelib = run(python, '-c',
-                  'import sysconfig; print(sysconfig.get_paths()["purelib"])',
-                  cwd=path.parent).strip()
+    purelib = run(
+        python,
+        '-c',
+        'import sysconfig; print(sysconfig.get_paths()["purelib"])',
+        cwd=path.parent).strip()
     with open(os.path.join(purelib, 'parent_env.pth'), 'w') as f:
         f.write('\n'.join(site.getsitepackages()) + '\n')
     return python
@@ -53,8 +60,15 @@ def pip_install(python, *args, cwd):
     # this environment's pip, seen through the .pth file; --ignore-installed:
     # the editable mmcvt of this environment is seen too, and must be neither
     # taken as installed nor uninstalled
-    run(python, '-m', 'pip', 'install', '--disable-pip-version-check',
-        '--no-deps', '--no-build-isolation', '--ignore-installed', *args,
+    run(python,
+        '-m',
+        'pip',
+        'install',
+        '--disable-pip-version-check',
+        '--no-deps',
+        '--no-build-isolation',
+        '--ignore-installed',
+        *args,
         cwd=cwd)
 
 
@@ -68,7 +82,12 @@ def source(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def sdist(source):
-    run(sys.executable, 'setup.py', '-q', 'sdist', '-d', source / 'dist',
+    run(sys.executable,
+        'setup.py',
+        '-q',
+        'sdist',
+        '-d',
+        source / 'dist',
         cwd=source)
     tarball, = (source / 'dist').glob('mmcvt-*.tar.gz')
     return tarball
@@ -79,9 +98,17 @@ def wheel_env(sdist, tmp_path_factory):
     """A fresh environment with the wheel built from the sdist, as pip
     builds it for `pip install mmcvt`."""
     root = tmp_path_factory.mktemp('wheel_env')
-    run(sys.executable, '-m', 'pip', 'wheel', '--disable-pip-version-check',
-        '--no-deps', '--no-build-isolation', '--wheel-dir', root / 'wheels',
-        sdist, cwd=root)
+    run(sys.executable,
+        '-m',
+        'pip',
+        'wheel',
+        '--disable-pip-version-check',
+        '--no-deps',
+        '--no-build-isolation',
+        '--wheel-dir',
+        root / 'wheels',
+        sdist,
+        cwd=root)
     wheel, = (root / 'wheels').glob('mmcvt-*.whl')
     python = fresh_venv(root / 'venv')
     pip_install(python, wheel, cwd=root)
@@ -96,20 +123,21 @@ def printed_config_paths(wheel_env):
     return run(python, '-m', 'mmcvt.config_paths', cwd=root).split()
 
 
+@pytest.mark.slow
 def test_the_sdist_carries_the_configs_tools_and_requirements(sdist):
     with tarfile.open(sdist) as tar:
         names = {name.partition('/')[2] for name in tar.getnames()}
-    assert {'configs/maskrcnn_cvt13_coco.py',
-            'configs/_base_/cvt13_detection.py',
-            'configs/demo/upernet_cvt13_shapes.py',
-            'configs/_base_/cvt_four_levels.py',
-            'configs/semfpn_cvt21_ade20k.py',
-            'tools/train.py', 'tools/test.py', 'tools/infer.py',
-            'tools/deployment/export_onnx.py',
-            'requirements/mmcv.txt', 'requirements/runtime.txt',
-            'requirements/onnx.txt'} <= names
+    assert {
+        'configs/maskrcnn_cvt13_coco.py', 'configs/_base_/cvt13_detection.py',
+        'configs/demo/upernet_cvt13_shapes.py',
+        'configs/_base_/cvt_four_levels.py', 'configs/semfpn_cvt21_ade20k.py',
+        'tools/train.py', 'tools/test.py', 'tools/infer.py',
+        'tools/deployment/export_onnx.py', 'requirements/mmcv.txt',
+        'requirements/runtime.txt', 'requirements/onnx.txt'
+    } <= names
 
 
+@pytest.mark.slow
 def test_the_wheel_ships_every_config_inside_its_installed_package(
         wheel_env, printed_config_paths):
     _, root = wheel_env
@@ -120,20 +148,25 @@ def test_the_wheel_ships_every_config_inside_its_installed_package(
         assert package_dir.startswith(str(installed))
         assert package_dir.endswith('site-packages')
         shipped.add(name)
-    in_checkout = {path.relative_to(REPO / 'configs').as_posix()
-                   for path in (REPO / 'configs').rglob('*.py')
-                   if '_base_' not in path.parts}
+    in_checkout = {
+        path.relative_to(REPO / 'configs').as_posix()
+        for path in (REPO / 'configs').rglob('*.py')
+        if '_base_' not in path.parts
+    }
     assert shipped == in_checkout
 
 
 def files_under(directory):
-    return {path.relative_to(directory).as_posix()
-            for path in directory.rglob('*')
-            if path.is_file() and '__pycache__' not in path.parts}
+    return {
+        path.relative_to(directory).as_posix()
+        for path in directory.rglob('*')
+        if path.is_file() and '__pycache__' not in path.parts
+    }
 
 
-def test_the_wheel_ships_the_tools_beside_its_configs(
-        wheel_env, printed_config_paths):
+@pytest.mark.slow
+def test_the_wheel_ships_the_tools_beside_its_configs(wheel_env,
+                                                      printed_config_paths):
     _, root = wheel_env
     package_dir = printed_config_paths[0].split('/.mim/configs/')[0]
     assert package_dir.startswith(str(root / 'venv'))
@@ -141,17 +174,24 @@ def test_the_wheel_ships_the_tools_beside_its_configs(
     assert files_under(tools) == files_under(REPO / 'tools')
 
 
+@pytest.mark.slow
 def test_a_config_outside_the_repo_inherits_a_packaged_one(
         wheel_env, printed_config_paths):
     python, root = wheel_env
-    base, = [path for path in printed_config_paths
-             if path.endswith('/cascade-maskrcnn_cvt13_ms-3x_coco.py')]
+    base, = [
+        path for path in printed_config_paths
+        if path.endswith('/cascade-maskrcnn_cvt13_ms-3x_coco.py')
+    ]
     user_config = root / 'my_cascade.py'
-    user_config.write_text(textwrap.dedent(f'''\
+    user_config.write_text(
+        textwrap.dedent(f'''\
         _base_ = {base!r}
         model = dict(backbone=dict(drop_path_rate=0.3))
         '''))
-    loaded = json.loads(run(python, '-c', textwrap.dedent('''\
+    loaded = json.loads(
+        run(python,
+            '-c',
+            textwrap.dedent('''\
         import json, sys
         from mmengine.config import Config
         cfg = Config.fromfile(sys.argv[1])  # imports mmcvt: custom_imports
@@ -160,18 +200,26 @@ def test_a_config_outside_the_repo_inherits_a_packaged_one(
             mmcvt=mmcvt.__file__, detector=cfg.model.type,
             backbone=cfg.model.backbone.type,
             drop_path_rate=cfg.model.backbone.drop_path_rate)))
-        '''), user_config, cwd=root))
+        '''),
+            user_config,
+            cwd=root))
     assert loaded['mmcvt'].startswith(str(root / 'venv'))
     assert (loaded['detector'], loaded['backbone']) == ('CascadeRCNN', 'CvT')
     assert loaded['drop_path_rate'] == 0.3
 
 
+@pytest.mark.slow
 def test_a_packaged_config_with_an_extra_levels_neck_builds_its_model(
         wheel_env, printed_config_paths):
     python, root = wheel_env
-    config, = [path for path in printed_config_paths
-               if path.endswith('/semfpn_cvt21_ade20k.py')]
-    built = json.loads(run(python, '-c', textwrap.dedent('''\
+    config, = [
+        path for path in printed_config_paths
+        if path.endswith('/semfpn_cvt21_ade20k.py')
+    ]
+    built = json.loads(
+        run(python,
+            '-c',
+            textwrap.dedent('''\
         import json, sys
         from mmengine.config import Config
         from mmengine.registry import MODELS, init_default_scope
@@ -183,21 +231,26 @@ def test_a_packaged_config_with_an_extra_levels_neck_builds_its_model(
             necks=[type(model.neck).__module__,
                    type(model.neck.neck).__module__],
             last_stage_blocks=len(model.backbone.stages[2].blocks))))
-        '''), config, cwd=root))
+        '''),
+            config,
+            cwd=root))
     # ExtraLevels, and inside it the recipe's FPN, in the config's scope
-    assert [module.split('.')[:2] for module in built['necks']] == [
-        ['mmcvt', 'models'], ['mmseg', 'models']]
+    assert [module.split('.')[:2]
+            for module in built['necks']] == [['mmcvt', 'models'],
+                                              ['mmseg', 'models']]
     assert built['last_stage_blocks'] == 16  # CvT-21's, not CvT-13's 10
 
 
+@pytest.mark.slow
 def test_an_editable_install_links_the_checkouts_configs_and_tools(
         source, tmp_path):
     python = fresh_venv(tmp_path / 'venv')
     pip_install(python, '-e', source, cwd=tmp_path)
-    package = run(python, '-c',
-                  'import importlib.util; '
-                  'print(importlib.util.find_spec("mmcvt").origin)',
-                  cwd=tmp_path).strip()
+    package = run(
+        python,
+        '-c', 'import importlib.util; '
+        'print(importlib.util.find_spec("mmcvt").origin)',
+        cwd=tmp_path).strip()
     assert package == str(source / 'mmcvt' / '__init__.py')
     # links, so that an edited config or tool is seen without reinstalling
     for name in ('configs', 'tools'):
@@ -216,13 +269,19 @@ def mim_runs(wheel_env, printed_config_paths):
     directory = root / 'mim'
     directory.mkdir()
     load_tool('misc/make_shapes_dataset.py').main([
-        '--task', 'semseg', '--out', str(directory / 'data'), '--num-train',
-        '2', '--num-val', '2'])
-    base, = [path for path in printed_config_paths
-             if path.endswith('/demo/upernet_cvt13_shapes.py')]
+        '--task', 'semseg', '--out',
+        str(directory / 'data'), '--num-train', '2', '--num-val', '2'
+    ])
+    base, = [
+        path for path in printed_config_paths
+        if path.endswith('/demo/upernet_cvt13_shapes.py')
+    ]
     data_root = str(directory / 'data') + '/'
     config = write_tiny_config(
-        'upernet', directory, base=base, extra=textwrap.dedent(f"""\
+        'upernet',
+        directory,
+        base=base,
+        extra=textwrap.dedent(f"""\
             train_dataloader = dict(
                 batch_size=2, dataset=dict(data_root={data_root!r}))
             val_dataloader = dict(dataset=dict(data_root={data_root!r}))
@@ -230,15 +289,33 @@ def mim_runs(wheel_env, printed_config_paths):
             train_cfg = dict(max_iters=1, val_interval=1)
             default_hooks = dict(checkpoint=dict(interval=1))
             """))
-    trained = run(python, '-m', 'mim', 'train', 'mmcvt', config,
-                  '--work-dir', directory / 'train', cwd=directory)
-    tested = run(python, '-m', 'mim', 'test', 'mmcvt', config,
-                 '--checkpoint', directory / 'train' / 'iter_1.pth',
-                 '--work-dir', directory / 'test', cwd=directory)
+    trained = run(
+        python,
+        '-m',
+        'mim',
+        'train',
+        'mmcvt',
+        config,
+        '--work-dir',
+        directory / 'train',
+        cwd=directory)
+    tested = run(
+        python,
+        '-m',
+        'mim',
+        'test',
+        'mmcvt',
+        config,
+        '--checkpoint',
+        directory / 'train' / 'iter_1.pth',
+        '--work-dir',
+        directory / 'test',
+        cwd=directory)
     tools = root / 'venv' / 'lib'
     return tools, directory, trained, tested
 
 
+@pytest.mark.slow
 def test_mim_train_runs_the_packaged_train_script(mim_runs):
     tools, directory, trained, _ = mim_runs
     command = trained.split('Training command is ', 1)[1].split()
@@ -248,6 +325,7 @@ def test_mim_train_runs_the_packaged_train_script(mim_runs):
     assert (directory / 'train' / 'iter_1.pth').is_file()
 
 
+@pytest.mark.slow
 def test_mim_test_runs_the_packaged_test_script_on_its_checkpoint(mim_runs):
     tools, _, _, tested = mim_runs
     command = tested.split('Testing command is ', 1)[1].split()
@@ -272,8 +350,8 @@ def test_an_unknown_config_is_an_error_listing_the_shipped_ones(
     (tmp_path / '_base_').mkdir()
     (tmp_path / '_base_' / 'part.py').write_text('')
     monkeypatch.setattr(config_paths, 'CONFIG_DIR', tmp_path)
-    with pytest.raises(FileNotFoundError,
-                       match=r"no config 'b.py'; it ships: a.py$"):
+    with pytest.raises(
+            FileNotFoundError, match=r"no config 'b.py'; it ships: a.py$"):
         config_paths.config_path('b.py')
 
 

@@ -31,6 +31,7 @@ def swept(tmp_path_factory):
     return root, config, checkpoint
 
 
+@pytest.mark.slow
 def test_each_scale_tests_the_images_resized_by_it(swept):
     root, _, _ = swept
     result = json.loads((root / 'out/sweep.json').read_text())
@@ -42,6 +43,7 @@ def test_each_scale_tests_the_images_resized_by_it(swept):
         assert row['latency_ms'] > 0
 
 
+@pytest.mark.slow
 def test_scale_1_gives_the_metrics_of_tools_test(swept, tmp_path):
     root, config, checkpoint = swept
     result = json.loads((root / 'out/sweep.json').read_text())
@@ -52,6 +54,7 @@ def test_scale_1_gives_the_metrics_of_tools_test(swept, tmp_path):
     assert result['rows'][1]['metrics'] == pytest.approx(dict(tested))
 
 
+@pytest.mark.slow
 def test_it_writes_a_markdown_table_and_a_plot(swept):
     root, _, _ = swept
     table = (root / 'out/sweep.md').read_text().splitlines()

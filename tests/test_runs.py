@@ -27,7 +27,6 @@ from mmcvt.engine import (NonFiniteLossError, StopOnNonFiniteLossHook,
                           restore_random_states)
 from mmcvt.engine.work_dir_lock import LOCK_NAME, STALE_AFTER_S
 from mmcvt.fileio import load_from_local_file
-
 from .test_checkpoints import build_linear_runner, recorder
 from .utils import REPO, TINY, load_tool, shapes_options
 
@@ -78,7 +77,10 @@ class RecordLosses(Hook):
             sampler=sampler.seed,
             workers=loader.worker_init_fn.keywords['seed'])
 
-    def after_train_iter(self, runner, batch_idx, data_batch=None,
+    def after_train_iter(self,
+                         runner,
+                         batch_idx,
+                         data_batch=None,
                          outputs=None):
         LOSSES[self.run].append((runner.iter, outputs['loss'].item()))
 
@@ -94,7 +96,10 @@ class InterruptAtIteration(Hook):
     def __init__(self, iteration):
         self.iteration = iteration
 
-    def after_train_iter(self, runner, batch_idx, data_batch=None,
+    def after_train_iter(self,
+                         runner,
+                         batch_idx,
+                         data_batch=None,
                          outputs=None):
         if runner.iter + 1 == self.iteration:
             raise Interrupted
@@ -143,6 +148,16 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope='module', autouse=True)
+def on_the_cpu():
+    """The Runner trains on the CPU, whatever the machine has: the runs here
+    are compared to the last bit, which CUDA's atomic adds (RoIAlign's and
+    some of cuDNN's backward kernels) do not promise."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.cuda, 'is_available', lambda: False)
+        yield
+
+
 def newest_log(work_dir):
     return max(work_dir.glob('*/*.log'), key=os.path.getmtime).read_text()
 
@@ -158,11 +173,10 @@ def detection_options(shapes, work_dir, name, **extra):
         })
 
 
-def train_detection(tmp, shapes, work_dir, name, hooks=(), args=(),
-                    **options):
+def train_detection(tmp, shapes, work_dir, name, hooks=(), args=(), **options):
     config = config_file(tmp, name, TINY_DETECTION, hooks)
-    train_tool.main([config, *args] + detection_options(
-        shapes, work_dir, name, **options))
+    train_tool.main([config, *args] +
+                    detection_options(shapes, work_dir, name, **options))
 
 
 @pytest.fixture(scope='module')
@@ -176,24 +190,33 @@ def detection_runs(shapes, tmp_path_factory):
                     [dict(type='RecordLosses', run='det-whole')],
                     **{'randomness.seed': '0'})
     with pytest.raises(Interrupted):
-        train_detection(tmp, shapes, interrupted, 'det-interrupted',
-                        [dict(type='RecordLosses', run='det-interrupted'),
-                         dict(type='InterruptAtIteration', iteration=6)],
-                        **{'randomness.seed': '0'})
+        train_detection(tmp, shapes, interrupted, 'det-interrupted', [
+            dict(type='RecordLosses', run='det-interrupted'),
+            dict(type='InterruptAtIteration', iteration=6)
+        ], **{'randomness.seed': '0'})
     # what a kill, unlike an exception, leaves behind
     stale_pid = dead_pid()
-    (interrupted / LOCK_NAME).write_text(json.dumps(dict(
-        pid=stale_pid, host=socket.gethostname(),
-        started='2024-01-01T00:00:00', command='tools/train.py')))
+    (interrupted / LOCK_NAME).write_text(
+        json.dumps(
+            dict(
+                pid=stale_pid,
+                host=socket.gethostname(),
+                started='2024-01-01T00:00:00',
+                command='tools/train.py')))
     train_detection(tmp, shapes, interrupted, 'det-resumed',
                     [dict(type='RecordLosses', run='det-resumed')],
                     ['--resume'])
     return SimpleNamespace(
-        whole=whole, interrupted=interrupted, stale_pid=stale_pid,
-        losses={run: LOSSES[f'det-{run}']
-                for run in ('whole', 'interrupted', 'resumed')})
+        whole=whole,
+        interrupted=interrupted,
+        stale_pid=stale_pid,
+        losses={
+            run: LOSSES[f'det-{run}']
+            for run in ('whole', 'interrupted', 'resumed')
+        })
 
 
+@pytest.mark.slow
 def test_a_resumed_detection_run_repeats_the_uninterrupted_losses_bit_for_bit(
         detection_runs):
     losses = detection_runs.losses
@@ -203,14 +226,14 @@ def test_a_resumed_detection_run_repeats_the_uninterrupted_losses_bit_for_bit(
     assert losses['resumed'] == losses['whole'][4:]
 
 
+@pytest.mark.slow
 def test_the_resumed_runs_sampler_and_data_workers_take_the_runs_seed(
         detection_runs):
     # none in the resumed run's config: mmengine would draw one
     assert DATA_SEEDS['det-resumed'] == dict(sampler=0, workers=0)
 
 
-def test_random_states_round_trip_through_the_weights_only_unpickler(
-        tmp_path):
+def test_random_states_round_trip_through_the_weights_only_unpickler(tmp_path):
     states = capture_random_states()
     expected = [torch.rand(3), torch.randint(9, (3, ))]
     import random
@@ -227,7 +250,12 @@ def test_random_states_round_trip_through_the_weights_only_unpickler(
 
 # ---- UperNet: an IterBasedTrainLoop, 6 iterations, saved and validated ----
 # after the third
-def train_segmentation(tmp, shapes_seg, work_dir, name, hooks=(), args=(),
+def train_segmentation(tmp,
+                       shapes_seg,
+                       work_dir,
+                       name,
+                       hooks=(),
+                       args=(),
                        **options):
     config = config_file(tmp, name, TINY_SEGMENTATION, hooks)
     train_tool.main([config, *args] + cfg_options(
@@ -239,17 +267,17 @@ def train_segmentation(tmp, shapes_seg, work_dir, name, hooks=(), args=(),
         }))
 
 
+@pytest.mark.slow
 def test_a_resumed_iteration_based_run_repeats_the_uninterrupted_losses(
         shapes_seg, tmp_path):
     train_segmentation(tmp_path, shapes_seg, tmp_path / 'whole', 'seg-whole',
                        [dict(type='RecordLosses', run='seg-whole')],
                        **{'randomness.seed': '0'})
     with pytest.raises(Interrupted):
-        train_segmentation(
-            tmp_path, shapes_seg, tmp_path / 'interrupted',
-            'seg-interrupted', [dict(type='InterruptAtIteration',
-                                     iteration=5)],
-            **{'randomness.seed': '0'})
+        train_segmentation(tmp_path, shapes_seg, tmp_path / 'interrupted',
+                           'seg-interrupted',
+                           [dict(type='InterruptAtIteration', iteration=5)],
+                           **{'randomness.seed': '0'})
     # InfiniteSampler's position: the loop replays the 3 batches trained
     # before, drawing random numbers for their transforms
     train_segmentation(tmp_path, shapes_seg, tmp_path / 'interrupted',
@@ -266,16 +294,16 @@ def linear_work_dir(tmp_path_factory):
     """The work dir of a run of 4 iterations, saved every 2, whose
     last_checkpoint names iter_4.pth by its absolute path."""
     work_dir = tmp_path_factory.mktemp('linear') / 'work_dir'
-    build_linear_runner(work_dir, max_iters=4, checkpoint_hook=dict(
-        type='SafeCheckpointHook')).train()
+    build_linear_runner(
+        work_dir, max_iters=4,
+        checkpoint_hook=dict(type='SafeCheckpointHook')).train()
     return work_dir
 
 
 def resume_linear(work_dir, **kwargs):
     """Resumes training to iteration 6; the iterations run and the log.
     The runner's name is the work dir's: each test's must be its own."""
-    runner = build_linear_runner(work_dir, max_iters=6, resume=True,
-                                 **kwargs)
+    runner = build_linear_runner(work_dir, max_iters=6, resume=True, **kwargs)
     runner.train()
     return recorder(runner).iters, newest_log(work_dir)
 
@@ -291,8 +319,8 @@ def test_resuming_a_copied_work_dir_loads_the_copys_checkpoint(
     assert f'Load checkpoint from {linear_work_dir}' not in log
 
 
-def test_resuming_a_moved_work_dir_loads_its_checkpoint(linear_work_dir,
-                                                        tmp_path):
+def test_resuming_a_moved_work_dir_loads_its_checkpoint(
+        linear_work_dir, tmp_path):
     before = shutil.copytree(linear_work_dir, tmp_path / 'before')
     moved = before.rename(tmp_path / 'moved')
     iters, log = resume_linear(moved)
@@ -371,6 +399,7 @@ def test_only_rank_0_of_a_distributed_training_holds_the_work_dir(
                 pass
 
 
+@pytest.mark.slow
 def test_testing_the_checkpoint_of_a_training_that_holds_its_work_dir(
         detection_runs, shapes, tmp_path):
     work_dir = shutil.copytree(detection_runs.whole, tmp_path / 'running')
@@ -383,21 +412,20 @@ def test_testing_the_checkpoint_of_a_training_that_holds_its_work_dir(
 
 
 # ---- non-finite losses ----------------------------------------------------
+@pytest.mark.slow
 def test_training_stops_at_the_first_nan_loss_keeping_the_last_checkpoint(
         shapes, tmp_path):
     work_dir = tmp_path / 'nan'
     with pytest.raises(NonFiniteLossError) as error:
-        train_detection(
-            tmp_path, shapes, work_dir, 'nan',
-            [dict(type='PoisonWeightsAtIteration', iteration=6)],
-            **{'train_cfg.val_interval': '2'})
+        train_detection(tmp_path, shapes, work_dir, 'nan',
+                        [dict(type='PoisonWeightsAtIteration', iteration=6)],
+                        **{'train_cfg.val_interval': '2'})
     assert str(error.value).startswith(
         'non-finite loss at iteration 6 (epoch 2): loss=nan')
-    assert f'the last checkpoint is {work_dir}/epoch_1.pth' in str(
-        error.value)
+    assert f'the last checkpoint is {work_dir}/epoch_1.pth' in str(error.value)
     assert sorted(p.name for p in work_dir.glob('*.pth*')) == ['epoch_1.pth']
-    assert (work_dir / 'last_checkpoint').read_text() == str(
-        work_dir / 'epoch_1.pth')
+    assert (work_dir / 'last_checkpoint').read_text() == str(work_dir /
+                                                             'epoch_1.pth')
     weights = load_from_local_file(str(work_dir / 'epoch_1.pth'))
     assert all(w.isfinite().all() for w in weights['state_dict'].values())
 
@@ -408,7 +436,9 @@ def amp_runner():
     return SimpleNamespace(
         optim_wrapper=AmpOptimWrapper.__new__(AmpOptimWrapper),
         message_hub=MessageHub.get_instance('amp-nan-test'),
-        logger=MMLogger.get_instance('amp-nan-test'), iter=0, epoch=0)
+        logger=MMLogger.get_instance('amp-nan-test'),
+        iter=0,
+        epoch=0)
 
 
 def test_under_amp_a_few_non_finite_losses_in_a_row_pass_and_more_stop():
@@ -422,7 +452,8 @@ def test_under_amp_a_few_non_finite_losses_in_a_row_pass_and_more_stop():
 
     for loss in (1., math.inf, math.nan, 1., math.nan, math.nan):
         step(loss)  # two in a row at most: skipped steps
-    with pytest.raises(NonFiniteLossError,
-                       match=r'iteration 7 \(epoch 1, 3 in a row under AMP\): '
-                       r'loss=nan'):
+    with pytest.raises(
+            NonFiniteLossError,
+            match=r'iteration 7 \(epoch 1, 3 in a row under AMP\): '
+            r'loss=nan'):
         step(math.nan)

@@ -20,8 +20,9 @@ test_tool = load_tool('test.py')
 show_predictions = load_tool('misc/show_predictions.py')
 
 DEMO = 'configs/demo/upernet_cvt13_shapes.py'
-ADE_CONFIGS = ['configs/upernet_cvt13_ade20k.py',
-               'configs/upernet_cvt21_ade20k.py']
+ADE_CONFIGS = [
+    'configs/upernet_cvt13_ade20k.py', 'configs/upernet_cvt21_ade20k.py'
+]
 
 
 def demo_dataset(root, split='train'):
@@ -29,9 +30,9 @@ def demo_dataset(root, split='train'):
     return DATASETS.build(dict(loader.dataset, data_root=f'{root}/'))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', ADE_CONFIGS + [DEMO])
-def test_a_config_builds_and_takes_a_finite_training_step(path,
-                                                         shapes_seg):
+def test_a_config_builds_and_takes_a_finite_training_step(path, shapes_seg):
     cfg = load_repo_config(path)
     cfg.model.backbone.init_cfg = None  # no network for hf:// here
     # pad the 128x128 images to 128, not the ADE20K crop of 512: one step
@@ -74,8 +75,11 @@ def test_no_weight_decay_on_norms_biases_and_depthwise_convs():
     cfg.model.backbone.init_cfg = None
     model = MODELS.build(cfg.model)
     optimizer = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
-    decay = {id(p): g['weight_decay'] for g in optimizer.param_groups
-             for p in g['params']}
+    decay = {
+        id(p): g['weight_decay']
+        for g in optimizer.param_groups
+        for p in g['params']
+    }
     block = model.backbone.stages[2].blocks[0]
     assert decay[id(block.norm2.weight)] == 0
     assert decay[id(block.ffn.layers[1].bias)] == 0
@@ -88,8 +92,8 @@ def test_whole_image_inference_takes_a_size_not_divisible_by_32():
     model = MODELS.build(cfg.model).eval()
     image = torch.randint(0, 256, (3, 97, 131), dtype=torch.uint8)
     from mmseg.structures import SegDataSample
-    sample = SegDataSample(metainfo=dict(img_shape=(97, 131),
-                                         ori_shape=(97, 131)))
+    sample = SegDataSample(
+        metainfo=dict(img_shape=(97, 131), ori_shape=(97, 131)))
     with torch.no_grad():
         result, = model.test_step(dict(inputs=[image], data_samples=[sample]))
     assert result.pred_sem_seg.data.shape == (1, 97, 131)
@@ -105,13 +109,13 @@ def test_the_shapes_semseg_labels_are_background_and_one_class_per_shape(
 
 # ---- the demo, end to end ---------------------------------------------------
 # 4 iterations (batch 4), unless a test says otherwise
-demo_options = functools.partial(shapes_options, **{
-    'train_dataloader.batch_size': '4',
-    'train_cfg.max_iters': '4',
-    'train_cfg.val_interval': '4',
-    'default_hooks.checkpoint.interval': '4',
-})
-
+demo_options = functools.partial(
+    shapes_options, **{
+        'train_dataloader.batch_size': '4',
+        'train_cfg.max_iters': '4',
+        'train_cfg.val_interval': '4',
+        'default_hooks.checkpoint.interval': '4',
+    })
 
 # Long enough to learn the shapes: 20 iterations (batch 4) reach an mIoU of
 # 37 to 39 on this data, where predicting one class everywhere reaches 20 and
@@ -131,8 +135,9 @@ DEMO_TRAINING = {
 @pytest.fixture(scope='module')
 def demo_run(shapes_seg, tmp_path_factory):
     work_dir = tmp_path_factory.mktemp('demo_seg')
-    train_tool.main([str(REPO / DEMO)] + demo_options(
-        shapes_seg, work_dir, 'seg-train', **DEMO_TRAINING))
+    train_tool.main(
+        [str(REPO / DEMO)] +
+        demo_options(shapes_seg, work_dir, 'seg-train', **DEMO_TRAINING))
     return work_dir
 
 
@@ -153,28 +158,33 @@ def best_constant_miou(root):
     return 100 * fractions.max() / present
 
 
+@pytest.mark.slow
 def test_the_demo_learns_the_shapes_beyond_any_constant_prediction(
         demo_checkpoint, shapes_seg):
-    metrics = test_tool.main([str(REPO / DEMO), str(demo_checkpoint)] +
-                             demo_options(shapes_seg, demo_checkpoint.parent,
-                                            'seg-test'))
+    metrics = test_tool.main(
+        [str(REPO / DEMO), str(demo_checkpoint)] +
+        demo_options(shapes_seg, demo_checkpoint.parent, 'seg-test'))
     assert metrics['mIoU'] > best_constant_miou(shapes_seg)
 
 
+@pytest.mark.slow
 def test_an_untrained_model_stays_below_the_constant_prediction_floor(
         shapes_seg, tmp_path):
     checkpoint = save_untrained_checkpoint(DEMO, tmp_path / 'untrained.pth')
-    metrics = test_tool.main([str(REPO / DEMO), str(checkpoint)] +
+    metrics = test_tool.main([str(REPO /
+                                  DEMO), str(checkpoint)] +
                              demo_options(shapes_seg, tmp_path, 'untrained'))
     assert metrics['mIoU'] < best_constant_miou(shapes_seg)
 
 
+@pytest.mark.slow
 def test_show_predictions_draws_segmentation_overlays(demo_checkpoint,
-                                                       shapes_seg, tmp_path):
+                                                      shapes_seg, tmp_path):
     out = tmp_path / 'predictions.png'
     show_predictions.main([
-        str(REPO / DEMO), str(demo_checkpoint), '--out', str(out),
-        '--num', '2', '--cfg-options',
+        str(REPO / DEMO),
+        str(demo_checkpoint), '--out',
+        str(out), '--num', '2', '--cfg-options',
         f'test_dataloader.dataset.data_root={shapes_seg}/'
     ])
     dataset = demo_dataset(shapes_seg, 'val')
@@ -185,11 +195,13 @@ def test_show_predictions_draws_segmentation_overlays(demo_checkpoint,
         assert (predictions != image).any()
 
 
+@pytest.mark.slow
 def test_dist_train_sh_trains_syncbn_heads_in_two_cpu_processes(
         shapes_seg, tmp_path):
     # the heads of the ADE20K configs, which SyncBatchNorm fails on the CPU
     returncode, log = dist_train(
-        REPO / DEMO, 2, *demo_options(
+        REPO / DEMO, 2,
+        *demo_options(
             shapes_seg, tmp_path, 'dist-seg', **{
                 'model.decode_head.norm_cfg.type': 'SyncBN',
                 'model.auxiliary_head.norm_cfg.type': 'SyncBN',
@@ -208,15 +220,17 @@ def test_dist_train_sh_trains_syncbn_heads_in_two_cpu_processes(
 
 
 def test_test_tta_runs_the_multi_scale_flip_pipeline():
-    cfg = test_tool.build_config(test_tool.parse_args(
-        [str(REPO / ADE_CONFIGS[0]), 'model.pth', '--tta']))
+    cfg = test_tool.build_config(
+        test_tool.parse_args(
+            [str(REPO / ADE_CONFIGS[0]), 'model.pth', '--tta']))
     assert cfg.model.type == 'SegTTAModel'
     assert cfg.model.module.backbone.type == 'CvT'
     assert cfg.test_dataloader.dataset.pipeline[1].type == 'TestTimeAug'
 
 
 def test_test_show_dir_saves_through_the_segmentation_visualizer():
-    cfg = test_tool.build_config(test_tool.parse_args(
-        [str(REPO / ADE_CONFIGS[0]), 'model.pth', '--show-dir', 'vis']))
+    cfg = test_tool.build_config(
+        test_tool.parse_args(
+            [str(REPO / ADE_CONFIGS[0]), 'model.pth', '--show-dir', 'vis']))
     assert cfg.default_hooks.visualization.draw
     assert cfg.visualizer.save_dir == 'vis'

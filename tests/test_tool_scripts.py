@@ -52,7 +52,10 @@ def run_script(checkout, script, python=None):
         env['PYTHON'] = str(python)
     result = subprocess.run(
         ['bash', str(root / 'tools' / script), *SCRIPTS[script]],
-        env=env, capture_output=True, text=True, timeout=60)
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60)
     assert result.returncode == 0, result.stderr
     return result.stdout
 

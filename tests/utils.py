@@ -15,13 +15,24 @@ HF_ARCH = dict(embed_dims=[24, 48, 96], num_heads=[2, 3, 4], depths=[1, 2, 3])
 # A small arch of the presets' shape, so that most tests run in a fraction of
 # a second.
 TINY = dict(embed_dims=[16, 32, 48], num_heads=[1, 2, 3], depths=[1, 1, 2])
+# Two stages of a custom shape, every per-stage field given: what passes
+# between stages (a map, then the next stage's tokens), at the least cost
+TWO_STAGES = dict(
+    embed_dims=[8, 16],
+    num_heads=[1, 2],
+    depths=[1, 1],
+    patch_sizes=[7, 3],
+    patch_strides=[4, 2],
+    patch_paddings=[2, 1])
 
 
 def pretrained_cvt(checkpoint, arch, **kwargs):
     """A CvT that loads ``checkpoint`` through ``init_cfg``, in eval mode."""
     from mmcvt.models import CvT
-    model = CvT(arch, init_cfg=dict(type='Pretrained',
-                                    checkpoint=str(checkpoint)), **kwargs)
+    model = CvT(
+        arch,
+        init_cfg=dict(type='Pretrained', checkpoint=str(checkpoint)),
+        **kwargs)
     model.init_weights()
     return model.eval()
 
@@ -67,9 +78,8 @@ def shapes_options(root, work_dir, name, **options):
     # unique: runners made in one second would share their logger
     settings['experiment_name'] = name
     settings.update(options)
-    return ['--work-dir', str(work_dir), '--cfg-options'] + [
-        f'{key}={value}' for key, value in settings.items()
-    ]
+    return ['--work-dir', str(work_dir), '--cfg-options'
+            ] + [f'{key}={value}' for key, value in settings.items()]
 
 
 def save_untrained_checkpoint(config, path, seed=0):
@@ -112,12 +122,23 @@ def free_port():
 def dist_train(config, num_processes, *args):
     """tools/dist_train.sh on the CPU, whatever the machine has: the GPU
     path needs a device per process. Returns the exit status and the log."""
-    env = dict(os.environ, PYTHON=sys.executable, PORT=free_port(),
-               OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
-    result = subprocess.run(
-        ['bash', str(REPO / 'tools/dist_train.sh'), str(config),
-         str(num_processes), *map(str, args)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ,
+        PYTHON=sys.executable,
+        PORT=free_port(),
+        OMP_NUM_THREADS='1',
+        CUDA_VISIBLE_DEVICES='')
+    result = subprocess.run([
+        'bash',
+        str(REPO / 'tools/dist_train.sh'),
+        str(config),
+        str(num_processes), *map(str, args)
+    ],
+                            cwd=REPO,
+                            env=env,
+                            capture_output=True,
+                            text=True,
+                            timeout=600)
     return result.returncode, result.stdout + result.stderr
 
 

@@ -85,7 +85,7 @@ if [ "$status" != ok ]; then
     [ "$status" = ok ] || { log "mmcv is still unusable ($status)"; exit 1; }
 fi
 
-log "installing mmcvt and its runtime, test and ONNX export dependencies"
-"${PIP[@]}" install -q -c "$constraints" -e '.[tests,onnx]'
+log "installing mmcvt and its runtime, test, ONNX export and lint dependencies"
+"${PIP[@]}" install -q -c "$constraints" -e '.[tests,onnx,lint]'
 
 "$PY" -c 'import mmcvt, mmdet, mmseg, mmcv.ops; print("[install] ok: mmcvt", mmcvt.__version__)'

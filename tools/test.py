@@ -10,8 +10,8 @@ import os
 import os.path as osp
 
 import mmcvt  # noqa: F401  registers CvT and the hooks
-from mmcvt.engine import (add_runner_arguments, build_runner,
-                          check_data_paths, cpu_distributed, load_config)
+from mmcvt.engine import (add_runner_arguments, build_runner, check_data_paths,
+                          cpu_distributed, load_config)
 
 
 def parse_args(argv=None):
@@ -24,10 +24,10 @@ def parse_args(argv=None):
     parser.add_argument(
         '--out', help='dump the predictions to this pickle file')
     parser.add_argument(
-        '--show-dir',
-        help='save images with predictions drawn into this dir')
+        '--show-dir', help='save images with predictions drawn into this dir')
     parser.add_argument(
-        '--tta', action='store_true',
+        '--tta',
+        action='store_true',
         help='test-time augmentation, as the config\'s tta_model and '
         'tta_pipeline define it')
     add_runner_arguments(parser)

@@ -9,23 +9,27 @@ which of the two libraries runs.
 import argparse
 
 import mmcvt  # noqa: F401  registers CvT and the hooks
-from mmcvt.engine import (add_runner_arguments, build_runner,
-                          check_data_paths, cpu_distributed, hold_work_dir,
-                          load_config, use_amp)
+from mmcvt.engine import (add_runner_arguments, build_runner, check_data_paths,
+                          cpu_distributed, hold_work_dir, load_config, use_amp)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('config', help='train config file path')
     parser.add_argument(
-        '--amp', action='store_true',
+        '--amp',
+        action='store_true',
         help='enable automatic mixed precision training (needs a GPU)')
     parser.add_argument(
-        '--auto-scale-lr', action='store_true',
+        '--auto-scale-lr',
+        action='store_true',
         help='scale the lr by the actual batch size over the config\'s '
         'auto_scale_lr.base_batch_size')
     parser.add_argument(
-        '--resume', nargs='?', type=str, const='auto',
+        '--resume',
+        nargs='?',
+        type=str,
+        const='auto',
         help='resume from this checkpoint; without a path, from the latest '
         'checkpoint in the work dir, or from the newest complete one before '
         'it if that one is cut short')

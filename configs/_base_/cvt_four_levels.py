@@ -35,6 +35,9 @@ cvt13_four_levels = dict(
 # CvT-21's (1/4/16 a stage), which include CvT-13's (1/2/10). The configs
 # merge this into their recipe's paramwise_cfg, whose other custom keys
 # (Mask2Former's query and level embeddings) stay.
+_block_parts_without_decay = ('norm', 'attn.conv_proj', 'attn.proj_q.bias',
+                              'attn.proj_kv.bias', 'attn.proj.bias',
+                              'ffn.layers.0.0.bias', 'ffn.layers.1.bias')
 cvt_backbone_lr_mult_paramwise_cfg = dict(
     custom_keys={
         'backbone': dict(lr_mult=0.1, decay_mult=1.0),
@@ -43,16 +46,15 @@ cvt_backbone_lr_mult_paramwise_cfg = dict(
         **{
             f'backbone.stages.{stage}.patch_embed.{part}':
             dict(lr_mult=0.1, decay_mult=0.0)
-            for stage in range(3) for part in ('norm', 'projection.bias')
+            for stage in range(3)
+            for part in ('norm', 'projection.bias')
         },
         **{
             f'backbone.stages.{stage}.blocks.{block}.{part}':
             dict(lr_mult=0.1, decay_mult=0.0)
             for stage, depth in enumerate((1, 4, 16))
             for block in range(depth)
-            for part in ('norm', 'attn.conv_proj', 'attn.proj_q.bias',
-                         'attn.proj_kv.bias', 'attn.proj.bias',
-                         'ffn.layers.0.0.bias', 'ffn.layers.1.bias')
+            for part in _block_parts_without_decay
         },
     },
     norm_decay_mult=0.,

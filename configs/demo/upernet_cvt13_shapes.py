@@ -75,10 +75,14 @@ train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
 # from scratch, on simple data: a higher lr than ADE20K's fine-tuning
 optim_wrapper = dict(optimizer=dict(lr=4e-4))
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0,
-         end=50),
-    dict(type='PolyLR', eta_min=0.0, power=1.0, begin=50, end=max_iters,
-         by_epoch=False),
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
+    dict(
+        type='PolyLR',
+        eta_min=0.0,
+        power=1.0,
+        begin=50,
+        end=max_iters,
+        by_epoch=False),
 ]
 default_hooks = dict(
     logger=dict(interval=20),

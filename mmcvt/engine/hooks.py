@@ -137,7 +137,10 @@ class StopOnNonFiniteLossHook(Hook):
         self.max_skipped_in_a_row = max_skipped_in_a_row
         self._in_a_row = 0
 
-    def after_train_iter(self, runner, batch_idx, data_batch=None,
+    def after_train_iter(self,
+                         runner,
+                         batch_idx,
+                         data_batch=None,
                          outputs=None):
         logged = runner.message_hub.log_scalars
         losses = {
@@ -145,8 +148,10 @@ class StopOnNonFiniteLossHook(Hook):
                   if f'train/{key}' in logged else float(value))
             for key, value in (outputs or {}).items() if 'loss' in key
         }
-        non_finite = {key: value for key, value in losses.items()
-                      if not math.isfinite(value)}
+        non_finite = {
+            key: value
+            for key, value in losses.items() if not math.isfinite(value)
+        }
         if not non_finite:
             self._in_a_row = 0
             return

@@ -48,12 +48,10 @@ def restore_random_states(states):
     torch.set_rng_state(states['torch'].cpu())
     state = states['numpy']
     np.random.set_state(
-        (state['bit_generator'], state['keys'].cpu().numpy().astype(
-            np.uint32), state['position'], state['has_gauss'],
-         state['cached_gaussian']))
+        (state['bit_generator'], state['keys'].cpu().numpy().astype(np.uint32),
+         state['position'], state['has_gauss'], state['cached_gaussian']))
     state = states['python']
-    random.setstate((state['version'],
-                     tuple(state['internal_state'].tolist()),
+    random.setstate((state['version'], tuple(state['internal_state'].tolist()),
                      state['gauss_next']))
     cuda = states.get('cuda')
     if cuda is None or not torch.cuda.is_available():
@@ -62,7 +60,8 @@ def restore_random_states(states):
         print_log(
             f'the checkpoint holds the random states of {len(cuda)} CUDA '
             f'devices, this process sees {torch.cuda.device_count()}: CUDA\'s '
-            f'random states are not restored', logger='current',
+            f'random states are not restored',
+            logger='current',
             level=logging.WARNING)
         return
     torch.cuda.set_rng_state_all([state.cpu() for state in cuda])

@@ -132,18 +132,18 @@ class StrictCheckpointRunner(Runner):
                 return self._newest_without_last_checkpoint()
         if '://' in latest:  # remote files are not checked
             return latest
-        problem = (checkpoint_file_problem(latest)
-                   if osp.isfile(latest) else 'it does not exist')
+        problem = (
+            checkpoint_file_problem(latest)
+            if osp.isfile(latest) else 'it does not exist')
         if problem is None:
             return latest
         previous = _newest_complete_checkpoint(osp.dirname(latest), latest)
         if named or previous is None:
-            raise RuntimeError(
-                f'cannot resume from {latest}: {problem}. ' +
-                (f'The newest complete checkpoint beside it is {previous}: '
-                 f'resume from it with --resume {previous}' if previous else
-                 'There is no complete checkpoint beside it to resume from; '
-                 'train without --resume to start afresh'))
+            raise RuntimeError(f'cannot resume from {latest}: {problem}. ' + (
+                f'The newest complete checkpoint beside it is {previous}: '
+                f'resume from it with --resume {previous}' if previous else
+                'There is no complete checkpoint beside it to resume from; '
+                'train without --resume to start afresh'))
         self.logger.warning(
             f'The latest checkpoint, {latest}, cannot be resumed from: '
             f'{problem}. Resuming from the newest complete checkpoint '
@@ -195,8 +195,9 @@ def _newest_complete_checkpoint(directory, broken):
         path for path in glob.glob(osp.join(directory, '*.pth'))
         if path != broken and not osp.basename(path).startswith('best_')
     ]
-    for path in sorted(candidates, key=lambda p: (_step(p), osp.getmtime(p)),
-                       reverse=True):
+    for path in sorted(
+            candidates, key=lambda p: (_step(p), osp.getmtime(p)),
+            reverse=True):
         if checkpoint_file_problem(path) is None:
             return path
     return None

@@ -21,11 +21,15 @@ def add_runner_arguments(parser):
     """The arguments that train.py and test.py take alike."""
     parser.add_argument('--work-dir', help='the dir to save logs and models')
     parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
         help='override config settings, as key=value pairs')
     parser.add_argument(
-        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none', help='job launcher')
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher')
     # torchrun sets LOCAL_RANK; torch.distributed.launch passes --local-rank
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
 
@@ -102,7 +106,8 @@ def _evaluator_paths(evaluator):
     evaluators = evaluator if isinstance(evaluator, list) else [evaluator]
     for i, metric in enumerate(evaluators):
         if metric and metric.get('ann_file'):
-            key = f'{i}.ann_file' if isinstance(evaluator, list) else 'ann_file'
+            key = f'{i}.ann_file' if isinstance(evaluator,
+                                                list) else 'ann_file'
             yield key, metric.ann_file
 
 
@@ -156,8 +161,9 @@ def _check_exists(path, reader, option, checked):
             f'{path} does not exist: {reader}. Put the data there (see '
             f'README.md), or point the config at it with --cfg-options '
             f'{option}=...')
-    problem = (json_file_problem(path)
-               if path.endswith('.json') and osp.isfile(path) else None)
+    problem = (
+        json_file_problem(path)
+        if path.endswith('.json') and osp.isfile(path) else None)
     if problem:
         raise ValueError(f'{path} cannot be read: {problem}. {reader}. '
                          f'Write it again (a copy or download cut short?), '
@@ -219,8 +225,10 @@ def cpu_distributed(cfg):
                          f'{cfg.launcher!r}')
     dist_cfg = cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})
     if dist_cfg.get('backend') != 'gloo':
-        print_log(f'no CUDA device: distributed backend '
-                  f'{dist_cfg.get("backend")} -> gloo', logger='current')
+        print_log(
+            f'no CUDA device: distributed backend '
+            f'{dist_cfg.get("backend")} -> gloo',
+            logger='current')
         dist_cfg['backend'] = 'gloo'
     if cfg.get('model_wrapper_cfg') is None:
         cfg.model_wrapper_cfg = dict(
@@ -250,13 +258,16 @@ class CPUDistributedDataParallel(MMDistributedDataParallel):
     def __init__(self, module, **kwargs):
         types = {name: type(layer) for name, layer in module.named_modules()}
         module = revert_sync_batchnorm(module)  # torch's and mmcv's
-        reverted = [name for name, layer in module.named_modules()
-                    if type(layer) is not types[name]]
+        reverted = [
+            name for name, layer in module.named_modules()
+            if type(layer) is not types[name]
+        ]
         if reverted:
             print_log(
                 f'no CUDA device: SyncBatchNorm runs on GPUs only, so its '
                 f'{len(reverted)} layers ({", ".join(reverted[:3])}'
                 f'{", ..." if len(reverted) > 3 else ""}) are BatchNorm '
                 f'here, normalising over each process\'s own batch',
-                logger='current', level=logging.WARNING)
+                logger='current',
+                level=logging.WARNING)
         super().__init__(module=module, **kwargs)

@@ -105,9 +105,11 @@ def _acquire(path):
         taken_over = (f'{osp.dirname(path)} was held by a training that is '
                       f'not running any more, which is taken over: '
                       f'{_described(holder)}')
-    info = dict(pid=os.getpid(), host=host,
-                started=datetime.datetime.now().isoformat(timespec='seconds'),
-                command=' '.join(sys.argv)[:_COMMAND_CHARS])
+    info = dict(
+        pid=os.getpid(),
+        host=host,
+        started=datetime.datetime.now().isoformat(timespec='seconds'),
+        command=' '.join(sys.argv)[:_COMMAND_CHARS])
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(info).encode(), 0)
     os.fsync(fd)

@@ -75,9 +75,10 @@ def _safetensors_problem(filename, size):
         f.seek(8)
         try:
             header = json.loads(f.read(header_length))
-            data_end = max((entry['data_offsets'][1]
-                            for name, entry in header.items()
-                            if name != '__metadata__'), default=0)
+            data_end = max(
+                (entry['data_offsets'][1]
+                 for name, entry in header.items() if name != '__metadata__'),
+                default=0)
         except (ValueError, TypeError, KeyError, IndexError):
             return 'it is a safetensors file whose header is not readable'
     needed = 8 + header_length + data_end
@@ -308,8 +309,10 @@ def _download(url, filename):
     directory = osp.dirname(filename)
     os.makedirs(directory, exist_ok=True)
     with tempfile.NamedTemporaryFile(
-            dir=directory, prefix=osp.basename(filename) + '.',
-            suffix='.partial', delete=False) as partial:
+            dir=directory,
+            prefix=osp.basename(filename) + '.',
+            suffix='.partial',
+            delete=False) as partial:
         try:
             request = urllib.request.Request(
                 url, headers={'User-Agent': 'mmcvt'})
@@ -354,8 +357,8 @@ def load_from_url(url, map_location=None):
 
 
 # ---- entry points -----------------------------------------------------------
-_SCHEMES = ((('http://', 'https://'), load_from_url),
-            (('hf://', ), load_from_hf_hub))
+_SCHEMES = ((('http://', 'https://'), load_from_url), (('hf://', ),
+                                                       load_from_hf_hub))
 
 
 def load_checkpoint_file(filename, map_location=None):

@@ -122,8 +122,7 @@ class _CheckedHistoryBuffer(HistoryBuffer):
 
 
 def _check_history_buffer_state(state):
-    if not isinstance(state, dict) or set(state) != set(
-            _HISTORY_BUFFER_STATE):
+    if not isinstance(state, dict) or set(state) != set(_HISTORY_BUFFER_STATE):
         keys = sorted(map(str, state)) if isinstance(state, dict) else None
         _refuse(f'a HistoryBuffer whose state is {_described(state)} (keys '
                 f'{keys}), where mmengine writes a dict of '
@@ -138,8 +137,10 @@ def _check_history_buffer_state(state):
                     f'{state[key].dtype} array, where mmengine writes a 1-D '
                     f'numeric one')
     methods = state['statistics_methods']
-    expected = {name: getattr(HistoryBuffer, name)
-                for name in STATISTICS_METHODS}
+    expected = {
+        name: getattr(HistoryBuffer, name)
+        for name in STATISTICS_METHODS
+    }
     if methods.keys() != expected.keys() or any(
             methods[name] is not expected[name] for name in expected):
         _refuse('a HistoryBuffer whose statistics_methods are not '
@@ -151,7 +152,8 @@ def _numpy_dtype_classes():
     """numpy's dtype classes (numpy.dtypes.Float32DType and the like), which
     numpy's pickles of dtypes may name."""
     return sorted({type(np.dtype(code))
-                   for code in np.typecodes['All']}, key=str)
+                   for code in np.typecodes['All']},
+                  key=str)
 
 
 def _under_both_numpy_paths(function, name):
@@ -173,7 +175,6 @@ RUNNER_STATE_GLOBALS = [
     (_statistics_method, 'builtins.getattr'),
 ]
 
-
 # torch keeps one list of allowed globals for the whole process: one load
 # at a time adds and removes ours, or a thread leaving would take them away
 # from another that is still reading
@@ -188,8 +189,9 @@ def _runner_state_allowed():
     one runs, and each entry stays as restricted there as here."""
     with _allowing:
         allowed = torch.serialization.get_safe_globals()
-        added = [entry for entry in RUNNER_STATE_GLOBALS
-                 if entry not in allowed]
+        added = [
+            entry for entry in RUNNER_STATE_GLOBALS if entry not in allowed
+        ]
         with torch.serialization.safe_globals(added):
             yield
 
@@ -201,8 +203,7 @@ def _foreign_globals(filename):
     with _runner_state_allowed():
         try:
             return sorted(
-                torch.serialization.get_unsafe_globals_in_checkpoint(
-                    filename))
+                torch.serialization.get_unsafe_globals_in_checkpoint(filename))
         except ValueError:
             return []
 
@@ -225,8 +226,8 @@ def file_sha256(filename):
 
 def _trusted_digests():
     return set(
-        re.split(r'[\s,]+', os.environ.get(TRUST_VARIABLE, '').strip().lower())
-    ) - {''}
+        re.split(r'[\s,]+',
+                 os.environ.get(TRUST_VARIABLE, '').strip().lower())) - {''}
 
 
 def load_weights_only(filename, map_location=None):
@@ -249,12 +250,12 @@ def load_weights_only(filename, map_location=None):
     token = _refusals.set([])
     try:
         with _runner_state_allowed():
-            return torch.load(filename, map_location=map_location,
-                              weights_only=True)
+            return torch.load(
+                filename, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         foreign = _foreign_globals(filename)
-        reason = ([f'the globals {foreign}'] if foreign else _refusals.get()
-                  or [_torch_refusal(error)])
+        reason = ([f'the globals {foreign}']
+                  if foreign else _refusals.get() or [_torch_refusal(error)])
     finally:
         _refusals.reset(token)
 
@@ -265,9 +266,10 @@ def load_weights_only(filename, map_location=None):
             f'mmengine Runner state ({"; ".join(reason)}); unpickling it in '
             f'full, because {TRUST_VARIABLE} names its SHA-256 ({digest}). '
             f'A full unpickle runs any code the file carries.',
-            logger='current', level=30)  # logging.WARNING
-        return torch.load(filename, map_location=map_location,
-                          weights_only=False)
+            logger='current',
+            level=30)  # logging.WARNING
+        return torch.load(
+            filename, map_location=map_location, weights_only=False)
     raise pickle.UnpicklingError(
         f'{filename} holds Python objects other than weights and mmengine '
         f'Runner state: {"; ".join(reason)}. It was not loaded: unpickling '

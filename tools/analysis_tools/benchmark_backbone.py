@@ -35,16 +35,17 @@ import sys
 
 import torch
 
-from mmcvt.analysis import (PeakMemory, image_size, median_latency,
-                            positive_int)
+from mmcvt.analysis import PeakMemory, image_size, median_latency, positive_int
 
 RESULT_MARK = 'BENCHMARK-RESULT '
 
 
 def mmcvt_cvt13(**options):
+
     def build():
         from mmcvt.models import CvT
         return CvT('13', **options)
+
     return build
 
 
@@ -56,11 +57,13 @@ def transformers_cvt13():
 
 
 def mmdet_backbone(cfg):
+
     def build():
         from mmdet.registry import MODELS
         from mmengine.registry import init_default_scope
         init_default_scope('mmdet')
         return MODELS.build(cfg)
+
     return build
 
 
@@ -70,20 +73,26 @@ BACKBONES = {
     'cvt13-naive': (mmcvt_cvt13(attn_impl='naive'),
                     'mmcvt, the score matrix materialised as in the '
                     'official code', True),
-    'cvt13-selective': (mmcvt_cvt13(with_cp='selective'),
-                        "mmcvt, with_cp='selective'", False),
+    'cvt13-selective':
+    (mmcvt_cvt13(with_cp='selective'), "mmcvt, with_cp='selective'", False),
     'cvt13-cp': (mmcvt_cvt13(with_cp=True), 'mmcvt, with_cp=True', False),
-    'hf-cvt13': (transformers_cvt13, "transformers' CvtModel, CvT-13 shapes",
-                 True),
+    'hf-cvt13':
+    (transformers_cvt13, "transformers' CvtModel, CvT-13 shapes", True),
     'swin-t': (mmdet_backbone(
-        dict(type='SwinTransformer', embed_dims=96, depths=[2, 2, 6, 2],
-             num_heads=[3, 6, 12, 24], window_size=7,
-             out_indices=(0, 1, 2, 3))), "MMDetection's Swin-T", True),
+        dict(
+            type='SwinTransformer',
+            embed_dims=96,
+            depths=[2, 2, 6, 2],
+            num_heads=[3, 6, 12, 24],
+            window_size=7,
+            out_indices=(0, 1, 2, 3))), "MMDetection's Swin-T", True),
     'pvtv2-b2': (mmdet_backbone(
-        dict(type='PyramidVisionTransformerV2', embed_dims=64,
-             num_layers=[3, 4, 6, 3])), "MMDetection's PVTv2-b2", True),
-    'r50': (mmdet_backbone(dict(type='ResNet', depth=50)),
-            "MMDetection's ResNet-50", True),
+        dict(
+            type='PyramidVisionTransformerV2',
+            embed_dims=64,
+            num_layers=[3, 4, 6, 3])), "MMDetection's PVTv2-b2", True),
+    'r50': (mmdet_backbone(dict(type='ResNet',
+                                depth=50)), "MMDetection's ResNet-50", True),
 }
 
 
@@ -108,7 +117,8 @@ def run_case(case):
     model.train(case['mode'] == 'train')
     image = torch.randn(case['batch'], 3, height, width, device=device)
     autocast = torch.autocast(
-        device.type, dtype=getattr(torch, case['precision']),
+        device.type,
+        dtype=getattr(torch, case['precision']),
         enabled=case['precision'] != 'float32')
 
     def step():
@@ -149,8 +159,8 @@ def run_case(case):
             reference = first_map(model(image))
             with autocast:
                 reduced = first_map(model(image)).float()
-        result['relative_error'] = (
-            (reduced - reference).norm() / reference.norm()).item()
+        result['relative_error'] = ((reduced - reference).norm() /
+                                    reference.norm()).item()
     result.update(
         latency_s=latency,
         images_per_s=case['batch'] / latency,
@@ -175,22 +185,25 @@ def run_matmul(case, n=4096):
     b = torch.randn(n, n, device=device, dtype=dtype)
     latency = median_latency(lambda: a @ b, device, case['warmup'],
                              case['repeat'])
-    return dict(latency_s=latency, gflop=2 * n**3 / 1e9,
-                gflop_per_s=2 * n**3 / 1e9 / latency)
+    return dict(
+        latency_s=latency,
+        gflop=2 * n**3 / 1e9,
+        gflop_per_s=2 * n**3 / 1e9 / latency)
 
 
 def run_in_fresh_process(case, timeout):
     command = [sys.executable, __file__, '--case', json.dumps(case)]
     try:
-        done = subprocess.run(command, capture_output=True, text=True,
-                              timeout=timeout)
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return dict(error=f'took over {timeout} s')
     for line in done.stdout.splitlines():
         if line.startswith(RESULT_MARK):
             return json.loads(line[len(RESULT_MARK):])
     reason = done.stderr.strip().splitlines()[-1:] or [
-        f'exit status {done.returncode}']
+        f'exit status {done.returncode}'
+    ]
     if done.returncode < 0:
         reason = [f'killed by signal {-done.returncode} (out of memory?)']
     return dict(error=reason[0][:200])
@@ -202,34 +215,55 @@ def parse_args(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split('\n\n', 2)[2])
     parser.add_argument(
-        '--backbones', nargs='+', choices=list(BACKBONES),
-        default=[name for name, (_, _, default) in BACKBONES.items()
-                 if default],
+        '--backbones',
+        nargs='+',
+        choices=list(BACKBONES),
+        default=[
+            name for name, (_, _, default) in BACKBONES.items() if default
+        ],
         help='; '.join(f'{name}: {what}'
                        for name, (_, what, _) in BACKBONES.items()))
-    parser.add_argument('--sizes', nargs='+', type=image_size,
-                        default=[[224, 224], [512, 512], [800, 1344]],
-                        metavar='HxW')
-    parser.add_argument('--modes', nargs='+', default=['forward', 'train'],
-                        choices=['forward', 'train'],
-                        help='forward: eval, no grad; train: forward and '
-                        'backward in train mode')
-    parser.add_argument('--precisions', nargs='+', default=['float32'],
-                        choices=['float32', 'bfloat16', 'float16'],
-                        help='anything but float32 runs under autocast')
+    parser.add_argument(
+        '--sizes',
+        nargs='+',
+        type=image_size,
+        default=[[224, 224], [512, 512], [800, 1344]],
+        metavar='HxW')
+    parser.add_argument(
+        '--modes',
+        nargs='+',
+        default=['forward', 'train'],
+        choices=['forward', 'train'],
+        help='forward: eval, no grad; train: forward and '
+        'backward in train mode')
+    parser.add_argument(
+        '--precisions',
+        nargs='+',
+        default=['float32'],
+        choices=['float32', 'bfloat16', 'float16'],
+        help='anything but float32 runs under autocast')
     parser.add_argument('--batch', type=positive_int, default=1)
     parser.add_argument(
-        '--compile', action='store_true',
+        '--compile',
+        action='store_true',
         help='torch.compile each backbone (dynamic shapes) before timing it')
-    parser.add_argument('--warmup', type=int, default=1,
-                        help='untimed runs before the timed ones')
+    parser.add_argument(
+        '--warmup',
+        type=int,
+        default=1,
+        help='untimed runs before the timed ones')
     parser.add_argument('--repeat', type=int, default=5)
     parser.add_argument(
         '--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--timeout', type=positive_int, default=1800,
-                        help='seconds allowed to one case')
     parser.add_argument(
-        '--memory-limit-gb', type=float, default=default_memory_limit_gb(),
+        '--timeout',
+        type=positive_int,
+        default=1800,
+        help='seconds allowed to one case')
+    parser.add_argument(
+        '--memory-limit-gb',
+        type=float,
+        default=default_memory_limit_gb(),
         help='address space allowed to one CPU case, so that a case that '
         'needs more fails with an allocation error instead of bringing the '
         'machine down (default: 90%% of RAM)')
@@ -264,8 +298,10 @@ def machine():
         return torch.cuda.get_device_name()
     cpu = platform.processor() or platform.machine()
     with open('/proc/cpuinfo') as f:
-        names = [line.split(':', 1)[1].strip() for line in f
-                 if line.startswith('model name')]
+        names = [
+            line.split(':', 1)[1].strip() for line in f
+            if line.startswith('model name')
+        ]
     return f'{names[0] if names else cpu}, {os.cpu_count()} cores'
 
 
@@ -282,8 +318,8 @@ def markdown(results, matmul):
     ]
     for r in results:
         rate = matmul.get(r['precision'], {}).get('gflop_per_s')
-        share = (100 * r['gflop_per_s'] / rate
-                 if rate and 'gflop_per_s' in r else None)
+        share = (100 * r['gflop_per_s'] /
+                 rate if rate and 'gflop_per_s' in r else None)
         note = r.get('error', '')
         if 'relative_error' in r:
             note = f'rel. error vs fp32 {r["relative_error"]:.1e}'
@@ -298,8 +334,8 @@ def markdown(results, matmul):
             f'| {cell(share, ".0f")} | {cell(r.get("kernel_ops"), "d")} '
             f'| {note} |')
     for precision, m in matmul.items():
-        rate = (f'{m["gflop_per_s"]:.1f} GFLOP/s' if 'gflop_per_s' in m else
-                f'failed: {m.get("error")}')
+        rate = (f'{m["gflop_per_s"]:.1f} GFLOP/s'
+                if 'gflop_per_s' in m else f'failed: {m.get("error")}')
         lines.append(f'\n{precision} matmul, 4096x4096x4096: {rate}')
     return '\n'.join(lines)
 
@@ -310,34 +346,48 @@ def main(argv=None):
         case = json.loads(args.case)
         if case['device'] == 'cpu':
             limit_memory(case['memory_limit_gb'])
-        result = (run_matmul(case)
-                  if case['backbone'] == 'matmul' else run_case(case))
+        result = (
+            run_matmul(case)
+            if case['backbone'] == 'matmul' else run_case(case))
         print(RESULT_MARK + json.dumps(result))
         return
 
-    common = dict(batch=args.batch, warmup=args.warmup, repeat=args.repeat,
-                  device=args.device, memory_limit_gb=args.memory_limit_gb,
-                  compile=args.compile)
+    common = dict(
+        batch=args.batch,
+        warmup=args.warmup,
+        repeat=args.repeat,
+        device=args.device,
+        memory_limit_gb=args.memory_limit_gb,
+        compile=args.compile)
     matmul = {
-        precision: run_in_fresh_process(
-            dict(common, backbone='matmul', precision=precision),
-            args.timeout) for precision in args.precisions
+        precision:
+        run_in_fresh_process(
+            dict(common, backbone='matmul', precision=precision), args.timeout)
+        for precision in args.precisions
     }
     results = []
     for size in args.sizes:
         for mode in args.modes:
             for precision in args.precisions:
                 for backbone in args.backbones:
-                    case = dict(common, backbone=backbone, size=size,
-                                mode=mode, precision=precision)
+                    case = dict(
+                        common,
+                        backbone=backbone,
+                        size=size,
+                        mode=mode,
+                        precision=precision)
                     case.update(run_in_fresh_process(case, args.timeout))
                     results.append(case)
                     print(json.dumps(case), flush=True)
 
     os.makedirs(args.out_dir, exist_ok=True)
-    report = dict(machine=machine(), torch=torch.__version__,
-                  threads=torch.get_num_threads(), command=sys.argv,
-                  matmul=matmul, results=results)
+    report = dict(
+        machine=machine(),
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        command=sys.argv,
+        matmul=matmul,
+        results=results)
     with open(osp.join(args.out_dir, 'benchmark.json'), 'w') as f:
         json.dump(report, f, indent=1)
     table = (f'Machine: {report["machine"]}; torch {report["torch"]}, '

@@ -33,15 +33,22 @@ def parse_args(argv=None):
         description=__doc__.split('\n\n')[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split('\n\n', 2)[2])
-    parser.add_argument('configs', nargs='+',
-                        help='config files, or mmdet::/mmseg:: configs')
-    parser.add_argument('--shape', type=positive_int, nargs=2,
-                        default=(800, 1333), metavar=('H', 'W'))
-    parser.add_argument('--batch', type=positive_int, default=2)
-    parser.add_argument('--amp', action='store_true',
-                        help='train as tools/train.py --amp does')
     parser.add_argument(
-        '--compile', action='store_true',
+        'configs', nargs='+', help='config files, or mmdet::/mmseg:: configs')
+    parser.add_argument(
+        '--shape',
+        type=positive_int,
+        nargs=2,
+        default=(800, 1333),
+        metavar=('H', 'W'))
+    parser.add_argument('--batch', type=positive_int, default=2)
+    parser.add_argument(
+        '--amp',
+        action='store_true',
+        help='train as tools/train.py --amp does')
+    parser.add_argument(
+        '--compile',
+        action='store_true',
         help='build CvT backbones with compile=True (others are left as '
         'they are)')
     parser.add_argument('--warmup', type=int, default=2)
@@ -57,36 +64,44 @@ def parse_args(argv=None):
 def synthetic_batch(scope, batch, height, width, num_classes):
     """Random uint8 images with random ground truth, as a dataloader gives."""
     generator = torch.Generator().manual_seed(0)
-    inputs = [torch.randint(0, 256, (3, height, width), dtype=torch.uint8,
-                            generator=generator) for _ in range(batch)]
-    meta = dict(img_shape=(height, width), ori_shape=(height, width),
-                pad_shape=(height, width), scale_factor=(1., 1.))
+    inputs = [
+        torch.randint(
+            0, 256, (3, height, width), dtype=torch.uint8, generator=generator)
+        for _ in range(batch)
+    ]
+    meta = dict(
+        img_shape=(height, width),
+        ori_shape=(height, width),
+        pad_shape=(height, width),
+        scale_factor=(1., 1.))
     samples = []
     for _ in range(batch):
         if scope == 'mmdet':
             from mmdet.structures import DetDataSample
             from mmdet.structures.mask import BitmapMasks
             from mmengine.structures import InstanceData
-            corners = torch.rand(4, 2, 2, generator=generator) * torch.tensor(
-                [width, height])
-            boxes = torch.cat([corners.min(1).values, corners.max(1).values +
-                               32], 1).clamp(max=torch.tensor(
-                                   [width, height, width, height]) - 1)
+            corners = torch.rand(
+                4, 2, 2, generator=generator) * torch.tensor([width, height])
+            boxes = torch.cat(
+                [corners.min(1).values,
+                 corners.max(1).values + 32],
+                1).clamp(max=torch.tensor([width, height, width, height]) - 1)
             masks = torch.zeros(4, height, width, dtype=torch.uint8)
             for mask, (x1, y1, x2, y2) in zip(masks, boxes.int().tolist()):
                 mask[y1:y2, x1:x2] = 1
             sample = DetDataSample(metainfo=meta)
             sample.gt_instances = InstanceData(
                 bboxes=boxes,
-                labels=torch.randint(0, num_classes, (4, ),
-                                     generator=generator),
+                labels=torch.randint(
+                    0, num_classes, (4, ), generator=generator),
                 masks=BitmapMasks(masks.numpy(), height, width))
         else:
             from mmengine.structures import PixelData
             from mmseg.structures import SegDataSample
             sample = SegDataSample(metainfo=meta)
-            sample.gt_sem_seg = PixelData(data=torch.randint(
-                0, num_classes, (1, height, width), generator=generator))
+            sample.gt_sem_seg = PixelData(
+                data=torch.randint(
+                    0, num_classes, (1, height, width), generator=generator))
         samples.append(sample)
     return dict(inputs=inputs, data_samples=samples)
 
@@ -121,15 +136,16 @@ def benchmark(config, args):
     memory = PeakMemory(args.device).start()
     step_s = median_latency(lambda: model.train_step(batch, optim_wrapper),
                             args.device, args.warmup, args.iters)
-    return dict(config=config, step_s=step_s,
-                peak_memory_mib=memory.peak_mib())
+    return dict(
+        config=config, step_s=step_s, peak_memory_mib=memory.peak_mib())
 
 
 def main(argv=None):
     args = parse_args(argv)
     results = [benchmark(config, args) for config in args.configs]
-    device = (torch.cuda.get_device_name()
-              if args.device.startswith('cuda') else 'CPU')
+    device = (
+        torch.cuda.get_device_name()
+        if args.device.startswith('cuda') else 'CPU')
     print(f'{device}; {args.batch} images of {args.shape[0]}x{args.shape[1]}'
           f'; {"AMP" if args.amp else "fp32"}'
           f'{"; CvT compiled" if args.compile else ""}; median of '

@@ -81,8 +81,11 @@ def read_json_lines(path):
     LocalVisBackend appends them. A run killed while writing leaves its last
     line cut off: that one is skipped with a warning; a bad line before the
     last is an error naming the file and the line."""
-    lines = [(number, line) for number, line in enumerate(
-        path.read_text().splitlines(), start=1) if line.strip()]
+    lines = [
+        (number, line)
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if line.strip()
+    ]
     records = []
     for number, line in lines:
         try:
@@ -124,8 +127,10 @@ class WorkDir:
                 f'{self.path} holds no finished run of tools/train.py or '
                 f'tools/test.py: ' + ('; '.join(left_out) if left_out else
                                       'no <timestamp>/ directory of one'))
-        dumped = [p.stem for p in self.path.glob('*.py')
-                  if not TIMESTAMP.fullmatch(p.stem)]
+        dumped = [
+            p.stem for p in self.path.glob('*.py')
+            if not TIMESTAMP.fullmatch(p.stem)
+        ]
         if len(dumped) != 1:
             raise NotARun(f'{self.path}: expected the one config that the '
                           f'Runner dumps into a work dir, found {dumped}')
@@ -149,8 +154,8 @@ class WorkDir:
     def config_path(self):
         """The config's path in this repository, or its file name."""
         found = sorted((REPO / 'configs').rglob(f'{self.name}.py'))
-        return (found[0].relative_to(REPO).as_posix() if found else
-                f'{self.name}.py')
+        return (found[0].relative_to(REPO).as_posix()
+                if found else f'{self.name}.py')
 
     @property
     def scope(self):
@@ -181,10 +186,11 @@ class WorkDir:
 
     @property
     def peak_memory_mb(self):
-        memory = [line['memory'] for run in self.train_runs
-                  for line in read_json_lines(run / 'vis_data' /
-                                              'scalars.json')
-                  if 'memory' in line]
+        memory = [
+            line['memory'] for run in self.train_runs
+            for line in read_json_lines(run / 'vis_data' / 'scalars.json')
+            if 'memory' in line
+        ]
         return max(memory) if memory else None
 
     @property
@@ -266,31 +272,38 @@ def ade_metrics(work_dir):
     """{(task, metric): mIoU in %, which mmseg reports in %}."""
     task = 'Semantic Segmentation'
     return {
-        (task, 'mIoU'): reported(work_dir.latest_test(tta=False), 'mIoU',
-                                 digits=2),
-        (task, 'mIoU(ms+flip)'): reported(work_dir.latest_test(tta=True),
-                                          'mIoU', digits=2),
+        (task, 'mIoU'):
+        reported(work_dir.latest_test(tta=False), 'mIoU', digits=2),
+        (task, 'mIoU(ms+flip)'):
+        reported(work_dir.latest_test(tta=True), 'mIoU', digits=2),
     }
 
 
 TABLES = {
-    'mmdet': dict(
+    'mmdet':
+    dict(
         title='COCO (MMDetection configs)',
         metrics=coco_metrics,
-        header=['config', 'box AP', 'mask AP', 'params', 'FLOPs',
-                'train memory', 'log']),
-    'mmseg': dict(
+        header=[
+            'config', 'box AP', 'mask AP', 'params', 'FLOPs', 'train memory',
+            'log'
+        ]),
+    'mmseg':
+    dict(
         title='ADE20K (MMSegmentation configs)',
         metrics=ade_metrics,
-        header=['config', 'mIoU (single scale)', 'mIoU (ms+flip)', 'params',
-                'FLOPs', 'train memory']),
+        header=[
+            'config', 'mIoU (single scale)', 'mIoU (ms+flip)', 'params',
+            'FLOPs', 'train memory'
+        ]),
 }
 
 
 def load_get_flops():
     """tools/analysis_tools/get_flops.py, a script beside this one."""
     spec = importlib.util.spec_from_file_location(
-        'get_flops', Path(__file__).with_name('get_flops.py'))
+        'get_flops',
+        Path(__file__).with_name('get_flops.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -301,8 +314,9 @@ def gather(work_dir, count_complexity):
     table = TABLES[work_dir.scope]
     metrics = table['metrics'](work_dir)
     # a copy: counting builds the model without its pretrained weights
-    complexity = (count_complexity(copy.deepcopy(work_dir.cfg))
-                  if count_complexity else None)
+    complexity = (
+        count_complexity(copy.deepcopy(work_dir.cfg))
+        if count_complexity else None)
     memory = work_dir.peak_memory_mb
 
     metadata = dict(work_dir.schedule)
@@ -312,13 +326,16 @@ def gather(work_dir, count_complexity):
         metadata['Parameters'] = complexity['params']
         metadata['FLOPs'] = int(complexity['macs'])  # multiply-adds
     model = {
-        'Name': work_dir.name,
-        'In Collection': COLLECTION['Name'],
-        'Config': work_dir.config_path,
-        'Metadata': metadata,
+        'Name':
+        work_dir.name,
+        'In Collection':
+        COLLECTION['Name'],
+        'Config':
+        work_dir.config_path,
+        'Metadata':
+        metadata,
         'Results': [
-            dict(Task=task, Dataset=work_dir.dataset,
-                 Metrics={metric: value})
+            dict(Task=task, Dataset=work_dir.dataset, Metrics={metric: value})
             for (task, metric), value in metrics.items()
             if isinstance(value, (int, float))
         ],
@@ -353,10 +370,13 @@ def parse_args(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split('\n\n', 2)[2])
     parser.add_argument('work_dirs', nargs='+', help='work dirs of runs')
-    parser.add_argument('--out-dir', default='.',
-                        help='where to write results.md and metafile.yml')
     parser.add_argument(
-        '--skip-flops', action='store_true',
+        '--out-dir',
+        default='.',
+        help='where to write results.md and metafile.yml')
+    parser.add_argument(
+        '--skip-flops',
+        action='store_true',
         help='do not count params and FLOPs (which builds each model)')
     return parser.parse_args(argv)
 
@@ -367,8 +387,8 @@ def main(argv=None):
     if out_dir.exists() and not out_dir.is_dir():  # before any work
         raise SystemExit(f'--out-dir {out_dir} is a file: name a directory '
                          f'to write results.md and metafile.yml into')
-    count_complexity = (None if args.skip_flops else
-                        load_get_flops().complexity)
+    count_complexity = (None
+                        if args.skip_flops else load_get_flops().complexity)
     rows = {scope: [] for scope in TABLES}
     models = []
     for path in args.work_dirs:
@@ -378,8 +398,10 @@ def main(argv=None):
             print(f'skipped: {e}', file=sys.stderr)
             continue
         if work_dir.scope not in TABLES:
-            print(f'skipped: {path}: default_scope {work_dir.scope!r} is '
-                  f'neither of {list(TABLES)}', file=sys.stderr)
+            print(
+                f'skipped: {path}: default_scope {work_dir.scope!r} is '
+                f'neither of {list(TABLES)}',
+                file=sys.stderr)
             continue
         row, model = gather(work_dir, count_complexity)
         rows[work_dir.scope].append(row)
@@ -394,8 +416,8 @@ def main(argv=None):
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / 'results.md').write_text(tables + '\n')
     with open(out_dir / 'metafile.yml', 'w') as f:
-        yaml.safe_dump(dict(Collections=[COLLECTION], Models=models), f,
-                       sort_keys=False)
+        yaml.safe_dump(
+            dict(Collections=[COLLECTION], Models=models), f, sort_keys=False)
     print(tables)
     print(f'\nwrote {out_dir / "results.md"} and {out_dir / "metafile.yml"}')
     return tables, models

@@ -33,7 +33,10 @@ def parse_args(argv=None):
     parser.add_argument(
         'config', help='a config file, or mmdet::/mmseg:: and a config path')
     parser.add_argument(
-        '--shape', type=positive_int, nargs=2, metavar=('H', 'W'),
+        '--shape',
+        type=positive_int,
+        nargs=2,
+        metavar=('H', 'W'),
         help='input size; by default the model zoo\'s for the config\'s '
         f'library: {ZOO_SHAPES}')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
@@ -44,9 +47,12 @@ def tensor_mode_inputs(scope, height, width):
     """One random image (already as the data preprocessor would make it, in
     shape) and the data samples that 'tensor' mode needs."""
     image = torch.rand(1, 3, height, width)
-    meta = dict(img_shape=(height, width), ori_shape=(height, width),
-                pad_shape=(height, width), batch_input_shape=(height, width),
-                scale_factor=(1., 1.))
+    meta = dict(
+        img_shape=(height, width),
+        ori_shape=(height, width),
+        pad_shape=(height, width),
+        batch_input_shape=(height, width),
+        scale_factor=(1., 1.))
     if scope == 'mmdet':
         from mmdet.structures import DetDataSample
         return image, [DetDataSample(metainfo=meta)]

@@ -3,7 +3,8 @@ of random bright colors, several to an image, some overlapping, on a dark,
 noisy background.
 
     python tools/misc/make_shapes_dataset.py --task instance --out data/shapes
-    python tools/misc/make_shapes_dataset.py --task semseg --out data/shapes_seg
+    python tools/misc/make_shapes_dataset.py --task semseg \
+        --out data/shapes_seg
 
 --task instance writes COCO-format instance segmentation (masks as RLE of
 the visible part of each shape):
@@ -37,13 +38,16 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n\n')[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--task', choices=('instance', 'semseg'),
-                        default='instance')
+    parser.add_argument(
+        '--task', choices=('instance', 'semseg'), default='instance')
     parser.add_argument('--out', required=True, help='output directory')
     parser.add_argument('--num-train', type=int, default=400)
     parser.add_argument('--num-val', type=int, default=50)
-    parser.add_argument('--size', type=int, default=128,
-                        help='side of the square images, in pixels')
+    parser.add_argument(
+        '--size',
+        type=int,
+        default=128,
+        help='side of the square images, in pixels')
     parser.add_argument('--seed', type=int, default=0)
     return parser.parse_args(argv)
 
@@ -56,8 +60,11 @@ def shape_mask(label, center, radius, angle, size):
     else:
         corners = 4 if CLASSES[label] == 'square' else 3
         angles = angle + np.arange(corners) * 2 * np.pi / corners
-        points = np.stack([center[0] + radius * np.cos(angles),
-                           center[1] + radius * np.sin(angles)], axis=1)
+        points = np.stack([
+            center[0] + radius * np.cos(angles),
+            center[1] + radius * np.sin(angles)
+        ],
+                          axis=1)
         cv2.fillPoly(canvas, [np.round(points).astype(np.int32)], 1)
     return canvas.astype(bool)
 
@@ -80,8 +87,8 @@ def draw_image(seed, size):
     """
     rng = np.random.RandomState(seed)
     background = rng.randint(0, 50, size=3)
-    image = np.clip(
-        background + rng.normal(0, 12, size=(size, size, 3)), 0, 255)
+    image = np.clip(background + rng.normal(0, 12, size=(size, size, 3)), 0,
+                    255)
     owner = np.full((size, size), -1, np.int64)  # which shape each pixel shows
     shapes = []
     for index in range(rng.randint(2, 6)):
@@ -92,10 +99,9 @@ def draw_image(seed, size):
                           size)
         shapes.append((label, mask, shape_color(rng)))
         owner[mask] = index
-    kept = [
-        (label, mask, color) for index, (label, mask, color) in enumerate(shapes)
-        if (owner == index).sum() >= MIN_VISIBLE * mask.sum()
-    ]
+    kept = [(label, mask, color)
+            for index, (label, mask, color) in enumerate(shapes)
+            if (owner == index).sum() >= MIN_VISIBLE * mask.sum()]
     owner[:] = -1
     for index, (_, mask, color) in enumerate(kept):
         owner[mask] = index
@@ -112,9 +118,14 @@ def coco_annotations(objects, image_id, first_id):
         rle['counts'] = rle['counts'].decode()
         x, y, w, h = mask_utils.toBbox(rle).tolist()
         annotations.append(
-            dict(id=first_id + offset, image_id=image_id,
-                 category_id=label + 1, bbox=[x, y, w, h],
-                 area=float(mask.sum()), segmentation=rle, iscrowd=0))
+            dict(
+                id=first_id + offset,
+                image_id=image_id,
+                category_id=label + 1,
+                bbox=[x, y, w, h],
+                area=float(mask.sum()),
+                segmentation=rle,
+                iscrowd=0))
     return annotations
 
 
@@ -127,18 +138,19 @@ def write_instance_split(args, split, count):
     os.makedirs(image_dir, exist_ok=True)
     images, annotations = [], []
     for index in range(count):
-        image, objects = draw_image(image_seed(args.seed, split, index),
-                                    args.size)
+        image, objects = draw_image(
+            image_seed(args.seed, split, index), args.size)
         name = f'{index:05d}.png'
         cv2.imwrite(osp.join(image_dir, name), image)
-        images.append(dict(id=index, file_name=name, height=args.size,
-                           width=args.size))
+        images.append(
+            dict(id=index, file_name=name, height=args.size, width=args.size))
         annotations += coco_annotations(objects, index, len(annotations) + 1)
     coco = dict(
         images=images,
         annotations=annotations,
-        categories=[dict(id=i + 1, name=name)
-                    for i, name in enumerate(CLASSES)])
+        categories=[
+            dict(id=i + 1, name=name) for i, name in enumerate(CLASSES)
+        ])
     os.makedirs(osp.join(args.out, 'annotations'), exist_ok=True)
     with open(instance_ann_file(args.out, split), 'w') as f:
         json.dump(coco, f)
@@ -152,8 +164,8 @@ def write_semseg_split(args, split, count):
     os.makedirs(label_dir, exist_ok=True)
     shapes = 0
     for index in range(count):
-        image, objects = draw_image(image_seed(args.seed, split, index),
-                                    args.size)
+        image, objects = draw_image(
+            image_seed(args.seed, split, index), args.size)
         labels = np.zeros(image.shape[:2], np.uint8)
         for label, mask in objects:
             labels[mask] = label + 1
@@ -181,8 +193,9 @@ def main(argv=None):
                 f'not {manifest}; delete it or choose another --out')
         print(f'{args.out} is already there; delete it to generate anew')
         return
-    write_split = (write_instance_split
-                   if args.task == 'instance' else write_semseg_split)
+    write_split = (
+        write_instance_split
+        if args.task == 'instance' else write_semseg_split)
     for split, count in (('train', args.num_train), ('val', args.num_val)):
         shapes = write_split(args, split, count)
         print(f'{args.task} {split}: {count} images of {args.size}x'

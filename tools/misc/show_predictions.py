@@ -24,8 +24,7 @@ from mmcvt.engine import explain_checkpoint_mismatch
 from mmcvt.fileio import install_checkpoint_loaders
 
 # what mmcv.imwrite (OpenCV) writes, told by the extension
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff',
-                    '.webp')
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 
 
 def parse_args(argv=None):
@@ -36,14 +35,22 @@ def parse_args(argv=None):
         help='loaded strictly: one that does not fit the config\'s model is '
         'an error naming the keys that differ')
     parser.add_argument('--out', required=True, help='PNG file to write')
-    parser.add_argument('--num', type=int, default=8,
-                        help='how many test images to draw (at most all)')
     parser.add_argument(
-        '--pred-score-thr', type=float, default=0.3,
+        '--num',
+        type=int,
+        default=8,
+        help='how many test images to draw (at most all)')
+    parser.add_argument(
+        '--pred-score-thr',
+        type=float,
+        default=0.3,
         help='detection: draw the predicted boxes and masks whose score is '
         'above this, as MMDetection\'s visualizer does (default 0.3)')
-    parser.add_argument('--columns', type=int, default=2,
-                        help='image pairs per row of the grid')
+    parser.add_argument(
+        '--columns',
+        type=int,
+        default=2,
+        help='image pairs per row of the grid')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     args = parser.parse_args(argv)
     # checked before the model runs, not when the drawing is written
@@ -129,15 +136,21 @@ def main(argv=None):
             # from out_file, the one output both libraries' visualizers share
             out_file = osp.join(tmp, f'{i}.png')
             visualizer.add_datasample(
-                osp.basename(sample.img_path), image, sample, draw_gt=True,
-                draw_pred=True, show=False, out_file=out_file, **options)
+                osp.basename(sample.img_path),
+                image,
+                sample,
+                draw_gt=True,
+                draw_pred=True,
+                show=False,
+                out_file=out_file,
+                **options)
             drawn.append(mmcv.imread(out_file))
     mmcv.imwrite(tile(drawn, args.columns), args.out)
-    print(f'{len(drawn)} test images'
-          + (' (all the test set has)' if len(drawn) < args.num else '')
-          + ', ground truth left, predictions right'
-          + (f' (scores above {args.pred_score_thr})' if thresholded else '')
-          + f' -> {args.out}')
+    print(f'{len(drawn)} test images' +
+          (' (all the test set has)' if len(drawn) < args.num else '') +
+          ', ground truth left, predictions right' +
+          (f' (scores above {args.pred_score_thr})' if thresholded else '') +
+          f' -> {args.out}')
 
 
 if __name__ == '__main__':

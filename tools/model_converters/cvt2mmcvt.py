@@ -1,6 +1,7 @@
 """Converts a CvT checkpoint to mmcvt's format.
 
-    python tools/model_converters/cvt2mmcvt.py SRC DST [--arch 13] [--safetensors]
+    python tools/model_converters/cvt2mmcvt.py SRC DST [--arch 13] \
+        [--safetensors]
 
 SRC is anything ``init_cfg`` reads: an official release file, transformers
 weights (.bin, .safetensors or a save_pretrained directory), an ``hf://``
@@ -33,7 +34,8 @@ def parse_args(argv=None):
         help="a preset ('13', '21', 'w24') or a JSON arch dict; by default "
         'the preset whose shapes the weights have')
     parser.add_argument(
-        '--safetensors', action='store_true',
+        '--safetensors',
+        action='store_true',
         help='write safetensors instead of a torch .pth file')
     return parser.parse_args(argv)
 
@@ -47,8 +49,10 @@ def stage_shapes(state_dict):
         embed_dims.append(
             state_dict[f'stages.{i}.patch_embed.projection.weight'].shape[0])
         depths.append(
-            len({k.split('.')[3] for k in state_dict
-                 if k.startswith(f'stages.{i}.blocks.')}))
+            len({
+                k.split('.')[3]
+                for k in state_dict if k.startswith(f'stages.{i}.blocks.')
+            }))
     return embed_dims, depths
 
 
@@ -72,8 +76,8 @@ def is_read_from(dst, src):
     of ``src`` when it is a transformers directory, under any path."""
     if not osp.exists(dst) or '://' in src:
         return False
-    read = [src] + ([osp.join(src, name) for name in HF_WEIGHTS_NAMES]
-                    if osp.isdir(src) else [])
+    read = [src] + ([osp.join(src, name)
+                     for name in HF_WEIGHTS_NAMES] if osp.isdir(src) else [])
     return any(osp.exists(path) and osp.samefile(path, dst) for path in read)
 
 
@@ -120,8 +124,8 @@ def main(argv=None):
     try:
         convert(args.src, args.dst, args.arch, args.safetensors)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f'error: {e}\nnothing was written to {args.dst}',
-              file=sys.stderr)
+        print(
+            f'error: {e}\nnothing was written to {args.dst}', file=sys.stderr)
         return 1
     return 0
 

@@ -62,7 +62,6 @@ _HF_STAGE = _HF_RENAMES[0][0]
 _OFFICIAL_STAGE = re.compile(r'^stage(\d+)\.')
 _OUT_NORM = re.compile(r'^norm\d+\.')
 
-
 # The separate k and v projections of the official code, each fused into
 # ConvAttention's: the depthwise conv's filters and the BatchNorm's channels
 # interleaved (k's channel c at 2c, v's at 2c + 1), the Linears stacked (k's
@@ -80,10 +79,9 @@ def fuse_kv_projection(state_dict, prefix):
     whose keys start with ``prefix`` into ConvAttention's ``conv_proj_kv``
     and ``proj_kv``. Keys that are already fused, or a k without its v, are
     left as they are (a strict load then names them)."""
-    for parts, fuse in ((_KV_INTERLEAVED,
-                         lambda k, v: torch.stack((k, v), 1).flatten(0, 1)),
-                        (_KV_STACKED, lambda k, v: torch.cat((k, v))),
-                        (_KV_SHARED, lambda k, v: k)):
+    for parts, fuse in ((_KV_INTERLEAVED, lambda k, v: torch.stack(
+        (k, v), 1).flatten(0, 1)), (_KV_STACKED, lambda k, v: torch.cat(
+            (k, v))), (_KV_SHARED, lambda k, v: k)):
         for part in parts:
             k, v = (prefix + part.format(name) for name in 'kv')
             if k in state_dict and v in state_dict:
@@ -95,8 +93,10 @@ def fuse_kv_projections(state_dict):
     """:func:`fuse_kv_projection` for every attention of a state_dict with
     mmcvt names. Pure: returns a new dict."""
     fused = dict(state_dict)
-    for prefix in {m.group(1) for m in map(_SEPARATE_KV.match, state_dict)
-                   if m}:
+    for prefix in {
+            m.group(1)
+            for m in map(_SEPARATE_KV.match, state_dict) if m
+    }:
         fuse_kv_projection(fused, prefix)
     return fused
 
@@ -123,8 +123,8 @@ def convert_official(state_dict):
     :func:`fit_state_dict` to drop. Pure: returns a new dict holding the
     same tensors.
     """
-    last = max(int(m.group(1))
-               for m in map(_OFFICIAL_STAGE.match, state_dict) if m)
+    last = max(
+        int(m.group(1)) for m in map(_OFFICIAL_STAGE.match, state_dict) if m)
     final_norm = (re.compile(r'^norm\.'), f'norm{last}.')
     return fuse_kv_projections(
         _rename(state_dict, (final_norm, ) + _OFFICIAL_RENAMES))
@@ -148,17 +148,18 @@ def detect_format(state_dict):
                            ('mmcvt', re.compile(r'^stages\.\d+\.'))):
         if any(stage_key.match(key) for key in state_dict):
             return fmt
-    raise ValueError(
-        'not a CvT checkpoint: no key looks like the official '
-        '"stage0.patch_embed.proj.weight", transformers\' '
-        '"cvt.encoder.stages.0.embedding..." or mmcvt\'s '
-        f'"stages.0.patch_embed.projection.weight"; keys: '
-        f'{name_keys(list(state_dict))}')
+    raise ValueError('not a CvT checkpoint: no key looks like the official '
+                     '"stage0.patch_embed.proj.weight", transformers\' '
+                     '"cvt.encoder.stages.0.embedding..." or mmcvt\'s '
+                     f'"stages.0.patch_embed.projection.weight"; keys: '
+                     f'{name_keys(list(state_dict))}')
 
 
 def _strip_prefix(state_dict, prefix):
-    return {k[len(prefix):]: v for k, v in state_dict.items()
-            if k.startswith(prefix)}
+    return {
+        k[len(prefix):]: v
+        for k, v in state_dict.items() if k.startswith(prefix)
+    }
 
 
 def extract_state_dict(checkpoint):
@@ -248,13 +249,12 @@ def fit_state_dict(state_dict, model):
     missing = [k for k in missing if k not in fresh]
     mismatched = [
         f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
-        for k, v in state_dict.items()
-        if k in own and v.shape != own[k].shape
+        for k, v in state_dict.items() if k in own and v.shape != own[k].shape
     ]
     problems = [
         f'{what} {name_keys(keys)}'
-        for what, keys in (('missing keys', missing),
-                           ('unexpected keys', unexpected),
+        for what, keys in (('missing keys', missing), ('unexpected keys',
+                                                       unexpected),
                            ('shape mismatches', mismatched)) if keys
     ]
     if problems:

@@ -119,8 +119,7 @@ class ExtraLevels(BaseModule):
 
 def _channel_list(name, value):
     channels = list(value) if isinstance(value, (list, tuple)) else None
-    if not channels or not all(
-            isinstance(c, int) and c > 0 for c in channels):
+    if not channels or not all(isinstance(c, int) and c > 0 for c in channels):
         raise ValueError(f'{name} must be a non-empty list of positive '
                          f'ints, got {value!r}')
     return channels
