@@ -7,7 +7,9 @@ __version__ = '0.1.0'
 # name, torch.serialization.safe_globals([(function, 'module.name')]),
 # which torch 2.6 added; get_unsafe_globals_in_checkpoint and
 # get_safe_globals (2.5), selective activation checkpointing with
-# CheckpointPolicy (2.4) and torch.get_autocast_dtype (2.4) are older.
+# CheckpointPolicy (2.4), torch.get_autocast_dtype (2.4) and the
+# TorchDispatchMode of torch.utils._python_dispatch that mmcvt.analysis
+# counts FLOPs with (2.0 has it) are older.
 TORCH_MINIMUM = '2.6'
 
 
