@@ -17,15 +17,11 @@ optim_wrapper = dict(_base_.adamw_optim_wrapper, _delete_=True)
 # a kill while saving cannot lose them all (mmcvt.engine)
 default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))
 
+# the 1000-iteration warmup of MMDetection's Swin configs (its 1x schedule
+# has 500), then that schedule's steps
 param_scheduler = [
     dict(
         type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,
         end=1000),
-    dict(
-        type='MultiStepLR',
-        begin=0,
-        end=12,
-        by_epoch=True,
-        milestones=[8, 11],
-        gamma=0.1),
+    _base_.param_scheduler[1],
 ]

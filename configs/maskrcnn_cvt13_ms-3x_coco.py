@@ -43,9 +43,7 @@ train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 max_epochs = 36
 train_cfg = dict(max_epochs=max_epochs)
 param_scheduler = [
-    dict(
-        type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,
-        end=1000),
+    _base_.param_scheduler[0],  # the warmup
     dict(
         type='MultiStepLR',
         begin=0,
