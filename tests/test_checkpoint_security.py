@@ -2,6 +2,7 @@
 path that loads one, the refusal says how to opt in, and ``import mmcvt``
 leaves mmengine's loaders as they are."""
 import copyreg
+import hashlib
 import logging.handlers
 import pickle
 import re
@@ -17,7 +18,6 @@ from mmengine.logging import HistoryBuffer, MMLogger
 from mmengine.runner import CheckpointLoader, Runner
 
 from mmcvt.fileio import TRUST_VARIABLE, load_from_local_file
-from mmcvt.fileio.unpickling import file_sha256
 from mmcvt.models import CvT
 from .utils import REPO, TINY, load_tool, shapes_options
 
@@ -26,6 +26,12 @@ train_tool = load_tool('train.py')
 test_tool = load_tool('test.py')
 show_predictions = load_tool('misc/show_predictions.py')
 cvt2mmcvt = load_tool('model_converters/cvt2mmcvt.py')
+
+
+def sha256(path):
+    """What ``sha256sum`` prints for the file, as the README has users
+    compute it."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # ---- crafted checkpoints ----------------------------------------------------
@@ -152,7 +158,7 @@ def refusal(name, path):
     """The message every path gives for a crafted file, as a regex."""
     return (f'{path} holds Python objects other than weights and mmengine '
             f'Runner state: .*{CRAFTED[name][1]}.* It was not loaded.*'
-            f'{TRUST_VARIABLE}={file_sha256(path)}')
+            f'{TRUST_VARIABLE}={sha256(path)}')
 
 
 @pytest.fixture(params=sorted(CRAFTED))
@@ -287,8 +293,7 @@ def file_with_own_object(tmp_path):
 
 def test_a_file_named_as_trusted_is_unpickled_in_full_and_logged(
         file_with_own_object, monkeypatch):
-    monkeypatch.setenv(TRUST_VARIABLE,
-                       f'0123, {file_sha256(file_with_own_object)}')
+    monkeypatch.setenv(TRUST_VARIABLE, f'0123, {sha256(file_with_own_object)}')
     log = logging.handlers.BufferingHandler(capacity=100)
     logger = MMLogger.get_current_instance()
     logger.addHandler(log)
@@ -306,9 +311,35 @@ def test_a_file_named_as_trusted_is_unpickled_in_full_and_logged(
 
 def test_trusting_another_file_does_not_trust_this_one(file_with_own_object,
                                                        crafted, monkeypatch):
-    monkeypatch.setenv(TRUST_VARIABLE, file_sha256(crafted['reduce_payload']))
+    monkeypatch.setenv(TRUST_VARIABLE, sha256(crafted['reduce_payload']))
     with pytest.raises(pickle.UnpicklingError, match='Annotation'):
         load_from_local_file(str(file_with_own_object))
+
+
+def test_a_trusted_file_replaced_after_its_digest_is_not_what_loads(
+        file_with_own_object, crafted, monkeypatch):
+    monkeypatch.setenv(TRUST_VARIABLE, sha256(file_with_own_object))
+    sha256_of = hashlib.sha256
+
+    class DigestThenSwap:
+        """The file replaced by a payload as soon as its digest is known."""
+
+        def __init__(self, *data):
+            self.hash = sha256_of(*data)
+
+        def update(self, data):
+            self.hash.update(data)
+
+        def hexdigest(self):
+            digest = self.hash.hexdigest()
+            file_with_own_object.write_bytes(
+                crafted['reduce_payload'].read_bytes())
+            return digest
+
+    monkeypatch.setattr('mmcvt.fileio.unpickling.hashlib.sha256',
+                        DigestThenSwap)
+    loaded = load_from_local_file(str(file_with_own_object))
+    assert loaded['note'].text == 'mine'
 
 
 # ---- what loads today still loads -------------------------------------------

@@ -21,6 +21,7 @@ and only then, it is unpickled in full, and the log says so.
 import contextlib
 import contextvars
 import hashlib
+import io
 import os
 import pickle
 import re
@@ -216,14 +217,6 @@ def _torch_refusal(error):
     return ' '.join(reason.split())
 
 
-def file_sha256(filename):
-    digest = hashlib.sha256()
-    with open(filename, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _trusted_digests():
     return set(
         re.split(r'[\s,]+',
@@ -259,7 +252,11 @@ def load_weights_only(filename, map_location=None):
     finally:
         _refusals.reset(token)
 
-    digest = file_sha256(filename)
+    # read once: the bytes loaded are the bytes whose digest was trusted,
+    # whatever happens to the file in between
+    with open(filename, 'rb') as f:
+        data = f.read()
+    digest = hashlib.sha256(data).hexdigest()
     if digest in _trusted_digests():
         print_log(
             f'{filename} holds Python objects other than weights and '
@@ -269,7 +266,7 @@ def load_weights_only(filename, map_location=None):
             logger='current',
             level=30)  # logging.WARNING
         return torch.load(
-            filename, map_location=map_location, weights_only=False)
+            io.BytesIO(data), map_location=map_location, weights_only=False)
     raise pickle.UnpicklingError(
         f'{filename} holds Python objects other than weights and mmengine '
         f'Runner state: {"; ".join(reason)}. It was not loaded: unpickling '
