@@ -97,6 +97,42 @@ def _markup_kind(head):
     return 'an HTML page' if b'html' in text else 'an XML document'
 
 
+def _format_and_problem(filename):
+    """The format of a local file, 'torch' or 'safetensors', and what makes
+    it unreadable as a checkpoint (None when it looks whole), told from a
+    look at its bytes. See :func:`checkpoint_file_problem`."""
+    size = osp.getsize(filename)
+    if size == 0:
+        return None, 'the file is empty (0 bytes)'
+    with open(filename, 'rb') as f:
+        head = f.read(1024)
+    if head[:4] == b'PK\x03\x04':
+        try:
+            with zipfile.ZipFile(filename) as archive:
+                names = archive.namelist()
+        except zipfile.BadZipFile:
+            return 'torch', (
+                f'it is a torch checkpoint cut short: a zip archive of '
+                f'{size} bytes without the index that is written last, as '
+                f'when a save is killed or the disk fills up')
+        if not any(name.endswith('data.pkl') for name in names):
+            return None, (f'it is a zip archive, but not a torch checkpoint: '
+                          f'it has no data.pkl; it holds {name_keys(names)}')
+        return 'torch', None
+    if head[:1] == b'\x80':
+        return 'torch', None  # a pickle (older torch files)
+    safetensors_problem = _safetensors_problem(filename, size)
+    if safetensors_problem is not None:
+        return 'safetensors', safetensors_problem or None
+    markup = _markup_kind(head)
+    if markup:
+        return None, (f'it is {markup}, not a checkpoint, as a web server '
+                      f'sends in place of a file (a login, error or redirect '
+                      f'page): it starts with {head[:40]!r}')
+    return None, (f'it is neither a torch checkpoint (a zip archive or a '
+                  f'pickle) nor safetensors: it starts with {head[:4]!r}')
+
+
 def checkpoint_file_problem(filename):
     """What makes a local file unreadable as a checkpoint, told from a look
     at its bytes, or None when it looks whole.
@@ -110,35 +146,7 @@ def checkpoint_file_problem(filename):
     data after it. Older torch files are pickles, which cannot be checked
     without reading them.
     """
-    size = osp.getsize(filename)
-    if size == 0:
-        return 'the file is empty (0 bytes)'
-    with open(filename, 'rb') as f:
-        head = f.read(1024)
-    if head[:4] == b'PK\x03\x04':
-        try:
-            with zipfile.ZipFile(filename) as archive:
-                names = archive.namelist()
-        except zipfile.BadZipFile:
-            return (f'it is a torch checkpoint cut short: a zip archive of '
-                    f'{size} bytes without the index that is written last, '
-                    f'as when a save is killed or the disk fills up')
-        if not any(name.endswith('data.pkl') for name in names):
-            return (f'it is a zip archive, but not a torch checkpoint: it '
-                    f'has no data.pkl; it holds {name_keys(names)}')
-        return None
-    if head[:1] == b'\x80':
-        return None  # a pickle (older torch files)
-    safetensors_problem = _safetensors_problem(filename, size)
-    if safetensors_problem is not None:
-        return safetensors_problem or None
-    markup = _markup_kind(head)
-    if markup:
-        return (f'it is {markup}, not a checkpoint, as a web server sends in '
-                f'place of a file (a login, error or redirect page): it '
-                f'starts with {head[:40]!r}')
-    return (f'it is neither a torch checkpoint (a zip archive or a pickle) '
-            f'nor safetensors: it starts with {head[:4]!r}')
+    return _format_and_problem(filename)[1]
 
 
 def _weights_file_in(directory):
@@ -196,10 +204,10 @@ def load_from_local_file(filename, map_location=None):
         filename = _weights_file_in(filename)
     if not osp.isfile(filename):
         raise FileNotFoundError(f'{filename} can not be found.')
-    problem = checkpoint_file_problem(filename)
+    file_format, problem = _format_and_problem(filename)
     if problem:
         raise ValueError(f'{filename} is not a readable checkpoint: {problem}')
-    if _safetensors_problem(filename, osp.getsize(filename)) == '':
+    if file_format == 'safetensors':
         from safetensors.torch import load_file
         device = map_location if isinstance(map_location, str) else 'cpu'
         checkpoint = load_file(filename, device=device)
