@@ -21,10 +21,11 @@ from mmengine.config import Config
 from mmengine.hub import get_config
 from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import MODELS, init_default_scope
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import (FlopCounterMode,
                                       sdpa_backward_flop_count,
                                       sdpa_flop_count)
+
+from .compat import cpu_attention_ops, dispatch_mode_class, unsafe_view_op
 
 aten = torch.ops.aten
 
@@ -49,12 +50,8 @@ def _cpu_sdpa_backward_flop(grad_out_shape,
                                     value_shape)
 
 
-CPU_SDPA_FLOPS = {
-    aten._scaled_dot_product_flash_attention_for_cpu:
-    _cpu_sdpa_flop,
-    aten._scaled_dot_product_flash_attention_for_cpu_backward:
-    _cpu_sdpa_backward_flop,
-}
+CPU_SDPA_FLOPS = dict(
+    zip(cpu_attention_ops(), (_cpu_sdpa_flop, _cpu_sdpa_backward_flop)))
 
 
 def count_flops(fn, *args, **kwargs):
@@ -77,11 +74,12 @@ def count_flops(fn, *args, **kwargs):
 _NO_KERNEL = frozenset({
     aten.empty.memory_format, aten.empty_strided.default,
     aten.empty_like.default, aten.new_empty.default,
-    aten.new_empty_strided.default, aten._unsafe_view.default
+    aten.new_empty_strided.default,
+    unsafe_view_op()
 })
 
 
-class _KernelOpCounter(TorchDispatchMode):
+class _KernelOpCounter(dispatch_mode_class()):
 
     def __init__(self):
         super().__init__()

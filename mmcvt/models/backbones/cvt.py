@@ -30,7 +30,6 @@ from mmengine.model import BaseModule, ModuleList
 from mmengine.model.weight_init import (constant_init, initialize,
                                         trunc_normal_init)
 from mmengine.registry import MODELS
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..layers import (WITH_CP_MODES, QuickGELU, add_residual, drop_path_scales,
                       map_to_tokens, run_with_recompute, to_autocast_dtype,
@@ -39,6 +38,9 @@ from .cvt_arch import ARCH_ZOO, is_int, min_input_size, parse_arch, stage_sizes
 from .cvt_checkpoint import load_pretrained
 
 ATTN_IMPLS = ('sdpa', 'naive')
+# what the projections' norm may be built as (build_norm_layer: BN, SyncBN)
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
+               nn.SyncBatchNorm)
 
 
 def build_conv_projection(method, in_channels, out_channels, kernel_size,
@@ -611,7 +613,7 @@ class CvT(BaseModule):
     def _projection_bn_trains(self, stage_index):
         attn = self.stages[stage_index].blocks[0].attn
         return any(
-            isinstance(m, _BatchNorm) and m.training
+            isinstance(m, BATCH_NORMS) and m.training
             for m in attn.conv_proj_kv.modules())
 
     # ---- forward -----------------------------------------------------------
@@ -659,7 +661,7 @@ class CvT(BaseModule):
         self._freeze_stages()
         if mode and self.norm_eval:
             for module in self.modules():
-                if isinstance(module, _BatchNorm):
+                if isinstance(module, BATCH_NORMS):
                     module.eval()
         return self
 
@@ -684,14 +686,14 @@ class CvT(BaseModule):
                     load_pretrained(self, init_cfg['checkpoint'])
                 else:
                     initialize(self, init_cfg)
-        self._is_init = True
+        self.is_init = True
 
     def _init_as_official(self):
         """The official initialisation ('trunc_norm')."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 trunc_normal_init(module, std=.02, bias=0.)
-            elif isinstance(module, (nn.LayerNorm, _BatchNorm)):
+            elif isinstance(module, (nn.LayerNorm, *BATCH_NORMS)):
                 constant_init(module, val=1., bias=0.)
         for stage in self.stages:
             if stage.cls_token is not None:

@@ -10,7 +10,9 @@ import functools
 import torch
 import torch.nn as nn
 from torch.func import functional_call
-from torch.nn.modules.conv import _ConvNd
+
+# the modules whose weights autocast casts: CvT's Linear layers and convs
+CAST_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def _autocast_dtype(x):
@@ -80,7 +82,7 @@ def with_autocast_weights(*modules, like):
     names, tensors = [], []
     for i, module in enumerate(modules):
         for prefix, child in module.named_modules():
-            if isinstance(child, (nn.Linear, _ConvNd)):
+            if isinstance(child, CAST_MODULES):
                 for name, param in child.named_parameters(recurse=False):
                     names.append((i, f'{prefix}.{name}' if prefix else name))
                     tensors.append(param)

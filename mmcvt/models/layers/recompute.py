@@ -13,6 +13,8 @@ import torch.utils.checkpoint as cp
 from torch.utils.checkpoint import (CheckpointPolicy,
                                     create_selective_checkpoint_contexts)
 
+from ...compat import fused_attention_ops
+
 WITH_CP_MODES = (False, True, 'selective')
 
 # The ops whose outputs with_cp='selective' keeps: the matmuls, convolutions
@@ -27,10 +29,7 @@ HEAVY_OPS = frozenset({
     torch.ops.aten.bmm,
     torch.ops.aten.baddbmm,
     torch.ops.aten.convolution,
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu,
-    torch.ops.aten._scaled_dot_product_flash_attention,
-    torch.ops.aten._scaled_dot_product_efficient_attention,
-    torch.ops.aten._scaled_dot_product_cudnn_attention,
+    *fused_attention_ops(),
 })
 
 
