@@ -15,6 +15,7 @@ import torch.nn as nn
 from mmengine.config import Config
 from mmengine.fileio import LocalBackend
 from mmengine.hooks import Hook
+from mmengine.logging import HistoryBuffer
 from mmengine.model import BaseModel
 from mmengine.registry import DATASETS, HOOKS, MODELS
 from mmengine.runner.checkpoint import load_from_local
@@ -23,7 +24,7 @@ from torch.utils.data import Dataset
 
 from mmcvt.engine import build_runner
 from mmcvt.fileio import checkpoint_file_problem, load_from_local_file
-from .utils import HF_ARCH, load_repo_config, load_tool
+from .utils import HF_ARCH, STACK, load_repo_config, load_tool
 
 cvt2mmcvt = load_tool('model_converters/cvt2mmcvt.py')
 
@@ -76,9 +77,11 @@ def build_linear_runner(work_dir,
                         max_iters,
                         resume=False,
                         load_from=None,
-                        checkpoint_hook=None):
+                        checkpoint_hook=None,
+                        hooks=()):
     """The tools' Runner (mmcvt.engine.build_runner) of a linear model that
-    saves a checkpoint every 2 iterations."""
+    saves a checkpoint every 2 iterations, with ``hooks`` besides its
+    RecordingHook."""
     # unique, or two runners made in one second share their logger
     name = f'{work_dir.name}-{max_iters}-{resume}-{load_from}'
     return build_runner(
@@ -101,7 +104,7 @@ def build_linear_runner(work_dir,
                         checkpoint_hook or dict(type='CheckpointHook'),
                         interval=2,
                         by_epoch=False)),
-                custom_hooks=[dict(type='RecordingHook')],
+                custom_hooks=[dict(type='RecordingHook'), *hooks],
                 resume=resume,
                 load_from=None if load_from is None else str(load_from))))
 
@@ -128,12 +131,79 @@ def work_dir(trained_work_dir, tmp_path):
 
 
 # ---- reading Runner checkpoints under torch >= 2.6 --------------------------
+@pytest.mark.skipif(STACK != 'upstream', reason='upstream mmengine')
 def test_stock_mmengine_cannot_read_runner_checkpoints_under_torch_2_6(
         work_dir):
     # why mmcvt replaces the local loader; if this starts passing, mmengine
     # or torch changed and the replacement may be dropped
     with pytest.raises(pickle.UnpicklingError, match='HistoryBuffer'):
         load_from_local(str(work_dir / 'iter_4.pth'), 'cpu')
+
+
+@pytest.mark.skipif(STACK != 'onedl', reason='onedl-mmengine')
+def test_onedl_mmengine_reads_runner_checkpoints_allowing_getattr(work_dir):
+    # its weights-only read allows builtins.getattr and HistoryBuffer as
+    # they are (mmcvt's loaders allow neither unchecked), and falls back to
+    # a full unpickle on anything else
+    checkpoint = load_from_local(str(work_dir / 'iter_4.pth'), 'cpu')
+    assert isinstance(checkpoint['message_hub']['log_scalars']['train/loss'],
+                      HistoryBuffer)
+
+
+# ---- checkpoints that torch's default weights-only unpickler reads ----------
+@pytest.fixture(scope='module')
+def safe_work_dir(tmp_path_factory):
+    """A work dir of SafeCheckpointHook's checkpoints, iter_2.pth and
+    iter_4.pth."""
+    work_dir = tmp_path_factory.mktemp('safe')
+    build_linear_runner(
+        work_dir, max_iters=4,
+        checkpoint_hook=dict(type='SafeCheckpointHook')).train()
+    return work_dir
+
+
+def test_safe_checkpoints_hold_nothing_torchs_unpickler_refuses(safe_work_dir):
+    path = safe_work_dir / 'iter_4.pth'
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(path) == []
+    torch.load(path, weights_only=True)
+
+
+def test_stock_mmengines_loader_reads_safe_checkpoints(safe_work_dir):
+    checkpoint = load_from_local(str(safe_work_dir / 'iter_4.pth'), 'cpu')
+    assert checkpoint['meta']['iter'] == 4
+
+
+def resumed_loss_history(work_dir, tmp_path):
+    """The loss log of a run resumed from ``work_dir``'s iter_4.pth and
+    trained to iteration 6, with SafeCheckpointHook."""
+    work_dir = shutil.copytree(work_dir, tmp_path / 'work_dir')
+    (work_dir / 'last_checkpoint').write_text(str(work_dir / 'iter_4.pth'))
+    runner = build_linear_runner(
+        work_dir,
+        max_iters=6,
+        resume=True,
+        checkpoint_hook=dict(type='SafeCheckpointHook'))
+    runner.train()
+    return runner.message_hub.get_scalar('train/loss').data[0]
+
+
+def test_a_resume_from_a_safe_checkpoint_rebuilds_its_logs(
+        safe_work_dir, tmp_path):
+    saved = load_from_local_file(str(safe_work_dir / 'iter_4.pth'))
+    history = resumed_loss_history(safe_work_dir, tmp_path)
+    assert len(history) == 6
+    assert history[:4].tolist() == saved['message_hub']['log_scalars'][
+        'train/loss']['log_history'].tolist()
+
+
+def test_checkpoints_of_runner_objects_still_resume_with_the_safe_hook(
+        trained_work_dir, tmp_path):
+    # as mmengine's hook, and SafeCheckpointHook before it, saved them
+    saved = load_from_local_file(str(trained_work_dir / 'iter_4.pth'))
+    history = resumed_loss_history(trained_work_dir, tmp_path)
+    assert len(history) == 6
+    assert history[:4].tolist(
+    ) == saved['message_hub']['log_scalars']['train/loss'].data[0].tolist()
 
 
 def test_resume_continues_from_the_last_checkpoint(work_dir):
@@ -304,10 +374,12 @@ def test_resume_skips_a_truncated_latest_checkpoint_and_says_so(work_dir):
 def test_resuming_from_a_named_truncated_checkpoint_offers_the_previous(
         work_dir):
     cut_short(work_dir / 'iter_4.pth')
-    runner = build_linear_runner(
-        work_dir, max_iters=6, resume=True, load_from=work_dir / 'iter_4.pth')
-    with pytest.raises(RuntimeError) as error:
-        runner.train()
+    with pytest.raises(RuntimeError) as error:  # before anything is built
+        build_linear_runner(
+            work_dir,
+            max_iters=6,
+            resume=True,
+            load_from=work_dir / 'iter_4.pth')
     assert re.match(
         f'cannot resume from {work_dir}/iter_4.pth: it is a torch checkpoint '
         f'cut short.* resume from it with --resume {work_dir}/iter_2.pth$',
@@ -327,6 +399,24 @@ def test_load_from_a_checkpoint_of_another_model_is_an_error_naming_keys(
     assert 'unexpected key in source state_dict: conv.weight' in message
     assert ('missing keys in source state_dict: linear.weight, linear.bias'
             in message)
+
+
+def test_load_from_a_checkpoint_of_integers_is_an_error_naming_them(tmp_path):
+    checkpoint = tmp_path / 'integers.pth'
+    torch.save(
+        {
+            'state_dict': {
+                'linear.weight': torch.ones(1, 2, dtype=torch.int64),
+                'linear.bias': torch.zeros(1)
+            }
+        }, checkpoint)
+    runner = build_linear_runner(tmp_path, max_iters=2, load_from=checkpoint)
+    with pytest.raises(TypeError) as error:
+        runner.train()
+    assert (f'checkpoint {checkpoint} holds integers where the model has '
+            f'floating point numbers, or the reverse: [linear.weight: '
+            f'checkpoint torch.int64, model torch.float32]') in str(
+                error.value)
 
 
 # ---- the converter ----------------------------------------------------------

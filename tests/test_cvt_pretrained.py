@@ -135,6 +135,18 @@ def test_a_checkpoint_of_another_arch_is_an_error_naming_the_keys(
         model.init_weights()
 
 
+def test_a_checkpoint_of_integers_is_an_error_naming_the_tensors(tmp_path):
+    weights = random_mmcvt_state_dict()
+    key = 'stages.0.patch_embed.projection.weight'
+    weights[key] = weights[key].round().to(torch.int64)
+    with pytest.raises(
+            ValueError,
+            match=r'integers for floating point or the reverse \[stages\.0\.'
+            r'patch_embed\.projection\.weight: checkpoint torch\.int64, '
+            r'model torch\.float32\]'):
+        load(save(weights, tmp_path))
+
+
 def test_an_unreadable_checkpoint_is_an_error_naming_the_file(tmp_path):
     path = tmp_path / 'garbage.pth'
     path.write_bytes(b'not a checkpoint')

@@ -328,6 +328,20 @@ def test_resuming_a_moved_work_dir_loads_its_checkpoint(
     assert f'Load checkpoint from {moved}/iter_4.pth' in log
 
 
+def test_the_nan_stop_of_a_moved_work_dir_names_the_checkpoint_there(
+        linear_work_dir, tmp_path):
+    moved = shutil.copytree(linear_work_dir,
+                            tmp_path / 'before').rename(tmp_path / 'moved')
+    runner = build_linear_runner(
+        moved,
+        max_iters=6,
+        resume=True,
+        hooks=[dict(type='PoisonWeightsAtIteration', iteration=6)])
+    with pytest.raises(NonFiniteLossError) as error:
+        runner.train()
+    assert f'the last checkpoint is {moved}/iter_4.pth.' in str(error.value)
+
+
 def test_without_last_checkpoint_resume_takes_the_newest_in_the_work_dir(
         linear_work_dir, tmp_path):
     copy = shutil.copytree(linear_work_dir, tmp_path / 'no_pointer')

@@ -1,17 +1,21 @@
 """The hooks of the tools' runs: a checkpoint hook that keeps a complete
-checkpoint at every moment, a stop at the first non-finite loss, and the
+checkpoint at every moment and writes checkpoints that torch's default
+weights-only unpickler reads, a stop at the first non-finite loss, and the
 random states that make a resumed run continue exactly."""
 import math
 import os
 import os.path as osp
+import re
 
+import torch
 from mmengine.dist import is_main_process
-from mmengine.fileio import LocalBackend
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.optim import AmpOptimWrapper
 from mmengine.registry import HOOKS
 from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop
 
+from ..compat import call_before_first_batch_after_resume
+from .checkpoint_state import plain_message_hub, rebuilt_message_hub
 from .random_states import capture_random_states, restore_random_states
 
 
@@ -19,82 +23,106 @@ from .random_states import capture_random_states, restore_random_states
 # MMSegmentation's registries are: any default_scope finds it.
 @HOOKS.register_module()
 class SafeCheckpointHook(CheckpointHook):
-    """mmengine's :class:`CheckpointHook`, saving in an order that a kill
-    at any moment cannot turn into the loss of every checkpoint.
+    """mmengine's :class:`CheckpointHook`, deleting old checkpoints only
+    once the new one is written, and writing checkpoints that torch's
+    default weights-only unpickler reads.
 
-    mmengine's hook first deletes the checkpoints beyond ``max_keep_ckpts``,
-    then writes the new one in place, then points ``last_checkpoint`` at it:
-    killed while writing, with ``max_keep_ckpts=1``, it leaves a truncated
-    file and a ``last_checkpoint`` naming a deleted one. This hook
-
-    1. writes the new checkpoint under a temporary name beside its own
-       (``epoch_2.pth.tmp``), then renames it into place, so that a file
-       under a checkpoint's name is always complete (local directories; on
-       other storage backends it writes in place, as mmengine does);
-    2. then points ``last_checkpoint`` at it, by the same rename;
-    3. and only then deletes the checkpoints beyond ``max_keep_ckpts``.
-
-    Killed anywhere, ``--resume`` finds the previous checkpoint or the new
-    one, both complete. Its arguments are those of :class:`CheckpointHook`.
+    - mmengine's hook first deletes the checkpoints beyond
+      ``max_keep_ckpts``, then writes the new one: killed while writing,
+      with ``max_keep_ckpts=1``, it leaves no complete checkpoint. This hook
+      deletes them after the new one is written and ``last_checkpoint``
+      points at it. (:class:`StrictCheckpointRunner` also writes each
+      checkpoint under a temporary name and renames it into place, so that
+      a file under a checkpoint's name is always complete.) Killed anywhere,
+      ``--resume`` finds the previous checkpoint or the new one, whole.
+      The checkpoints deleted are those of this hook's file name template
+      in its directory with a lower epoch or iteration than the newest,
+      beyond ``max_keep_ckpts``: a resumed run counts those of the run it
+      resumes.
+    - The Runner state inside each checkpoint is stored as tensors and
+      plain values (:mod:`mmcvt.engine.checkpoint_state`) and rebuilt when
+      one is loaded, so that ``mmdet.apis.init_detector``,
+      ``mmseg.apis.init_model`` and the inferencers read mmcvt's
+      checkpoints as they read plain weight files.
+    Its arguments are those of :class:`CheckpointHook`.
     """
 
-    def _save_checkpoint_with_step(self, runner, step, meta):
-        # mmengine's method of the same name, in the order above; the
-        # bookkeeping (keep_ckpt_ids and last_ckpt in the message hub, saved
-        # inside the checkpoint) is mmengine's.
-        outdated = None
-        if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids and
-                                            self.keep_ckpt_ids[-1] == step):
-            # the same step twice (a best checkpoint saved at a regular
-            # save's step) keeps one entry
-            if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
-                outdated = self.keep_ckpt_ids.popleft()
-            self.keep_ckpt_ids.append(step)
-            runner.message_hub.update_info('keep_ckpt_ids',
-                                           list(self.keep_ckpt_ids))
+    def __init__(self, *args, max_keep_ckpts=-1, **kwargs):
+        # mmengine's hook deletes nothing; this one does, after the save
+        super().__init__(*args, max_keep_ckpts=-1, **kwargs)
+        self.max_kept = max_keep_ckpts
+        self._newest_seen = None
 
-        filename = self.filename_tmpl.format(step)
-        self.last_ckpt = self.file_backend.join_path(self.out_dir, filename)
-        runner.message_hub.update_info('last_ckpt', self.last_ckpt)
+    def before_save_checkpoint(self, runner, checkpoint):
+        checkpoint['message_hub'] = plain_message_hub(
+            checkpoint['message_hub'])
 
-        atomic = isinstance(self.file_backend, LocalBackend)
-        runner.save_checkpoint(
-            self.out_dir,
-            _partial(filename) if atomic else filename,
-            self.file_client_args,
-            save_optimizer=self.save_optimizer,
-            save_param_scheduler=self.save_param_scheduler,
-            meta=meta,
-            by_epoch=self.by_epoch,
-            backend_args=self.backend_args,
-            **self.args)
+    def after_load_checkpoint(self, runner, checkpoint):
+        if 'message_hub' in checkpoint:
+            checkpoint['message_hub'] = rebuilt_message_hub(
+                checkpoint['message_hub'])
 
-        # Runner.save_checkpoint writes on the main process only
-        if not is_main_process():
+    def after_train_iter(self,
+                         runner,
+                         batch_idx,
+                         data_batch=None,
+                         outputs=None):
+        super().after_train_iter(runner, batch_idx, data_batch, outputs)
+        self._remove_outdated()
+
+    def after_train_epoch(self, runner):
+        super().after_train_epoch(runner)
+        self._remove_outdated()
+
+    def after_val_epoch(self, runner, metrics=None):
+        super().after_val_epoch(runner, metrics)
+        self._remove_outdated()
+
+    def _remove_outdated(self):
+        """After a save: deletes the checkpoints of lower steps than the one
+        just saved, beyond ``max_keep_ckpts``."""
+        if self.last_ckpt == self._newest_seen:
             return
-        if atomic:
-            _publish(_partial(self.last_ckpt), self.last_ckpt)
-        pointer = osp.join(runner.work_dir, 'last_checkpoint')
-        with open(_partial(pointer), 'w') as f:
-            f.write(self.last_ckpt)
-        _publish(_partial(pointer), pointer)
-
-        if outdated is not None:
-            path = self.file_backend.join_path(
-                self.out_dir, self.filename_tmpl.format(outdated))
+        self._newest_seen = self.last_ckpt
+        if self.max_kept <= 0 or not is_main_process():
+            return
+        step_of = _step_parser(self.filename_tmpl)
+        newest = step_of(osp.basename(self.last_ckpt))
+        if newest is None:
+            return
+        older = sorted((step, name)
+                       for name in self.file_backend.list_dir_or_file(
+                           self.out_dir, list_dir=True)
+                       for step in [step_of(name)]
+                       if step is not None and step < newest)
+        for _, name in older[:max(0, len(older) - self.max_kept + 1)]:
+            path = self.file_backend.join_path(self.out_dir, name)
             if self.file_backend.isfile(path):
                 self.file_backend.remove(path)
-            elif self.file_backend.isdir(path):
-                # checkpoints saved by deepspeed are directories
+            else:  # checkpoints saved by deepspeed are directories
                 self.file_backend.rmtree(path)
 
 
-def _partial(path):
+def _step_parser(filename_tmpl):
+    """A function from a file name to the epoch or iteration that
+    ``filename_tmpl`` ('epoch_{}.pth') puts in it, or None for another
+    name."""
+    pattern = re.compile(
+        re.sub(r'\\\{[^}]*\\\}', r'(\\d+)', re.escape(filename_tmpl)))
+
+    def step_of(name):
+        found = pattern.fullmatch(name)
+        return int(found.group(1)) if found else None
+
+    return step_of
+
+
+def partial_path(path):
     """Where a file is written before it is renamed to ``path``."""
     return path + '.tmp'
 
 
-def _publish(partial, path):
+def publish(partial, path):
     """Renames a completely written file to its name, on disk first: a
     rename is atomic, so ``path`` is the old file or the new one, whole."""
     with open(partial, 'rb') as f:
@@ -164,7 +192,7 @@ class StopOnNonFiniteLossHook(Hook):
                 f'non-finite loss at {where}, a step that the loss scaler '
                 f'skips: {_named(non_finite)}')
             return
-        last = runner.message_hub.get_info('last_ckpt')
+        last = _last_checkpoint(runner)
         message = (
             f'non-finite loss at {where}: {_named(non_finite)}. Training '
             f'stopped, with nothing saved after it; the last checkpoint is '
@@ -173,6 +201,19 @@ class StopOnNonFiniteLossHook(Hook):
             f'boxes, or weights that hold NaN (load_from, init_cfg).')
         runner.logger.error(message)  # into the run's log too
         raise NonFiniteLossError(message)
+
+
+def _last_checkpoint(runner):
+    """The last checkpoint saved, as the message hub names it; in this
+    run's checkpoint directory when it is there and the name points
+    elsewhere, as after a resume of a work dir that was moved or copied."""
+    last = runner.message_hub.get_info('last_ckpt')
+    hook = next((h for h in runner.hooks if isinstance(h, CheckpointHook)),
+                None)
+    if not last or hook is None or '://' in str(hook.out_dir):
+        return last
+    here = osp.join(hook.out_dir, osp.basename(last))
+    return here if osp.isfile(here) else last
 
 
 def _named(values):
@@ -193,11 +234,19 @@ class RandomStatesHook(Hook):
 
     - Each checkpoint gets ``meta['random_states']`` (see
       :mod:`mmcvt.engine.random_states`) on the rank that writes it.
-    - A resumed run restores them right before it loads its first batch:
-      at the start of its first epoch; in an ``IterBasedTrainLoop``, after
-      the loop's replay of the batches trained before (mmengine's way to
-      put ``InfiniteSampler`` back where it was), which runs the data
-      pipeline and so draws random numbers.
+    - A resumed run (one whose loop starts past its first iteration once
+      the checkpoint is loaded) restores them right before it loads its
+      first batch: at the start of its first epoch; in an
+      ``IterBasedTrainLoop``, after whatever the loop does to put the
+      sampler back where it was, which on upstream mmengine is a replay of
+      the batches trained before that runs the data pipeline and so draws
+      random numbers (see
+      :func:`mmcvt.compat.call_before_first_batch_after_resume`).
+    - The training data loader gets a torch generator of its own, seeded
+      with the run's seed, when it has none: it draws its workers' base
+      seed from it instead of from the global random state, whenever it
+      makes an iterator (onedl-mmengine makes one lazily, after a resume's
+      restore).
     - Validation during training hands training the random states it found,
       so that nothing between a checkpoint and the next batch draws from
       them, and validating more or less often changes nothing in training.
@@ -214,6 +263,7 @@ class RandomStatesHook(Hook):
     priority = 'LOWEST'
 
     def __init__(self):
+        self._loaded = None  # the states of the checkpoint loaded
         self._resumed = None  # the states to restore
         self._before_val = None
 
@@ -221,10 +271,19 @@ class RandomStatesHook(Hook):
         checkpoint['meta']['random_states'] = capture_random_states()
 
     def after_load_checkpoint(self, runner, checkpoint):
-        # runner._resume, as mmengine's EMAHook tells a resume from a load
-        if not runner._resume or not is_main_process():
+        # a load_from or a resume: before_train tells them apart
+        self._loaded = checkpoint.get('meta', {}).get('random_states', False)
+
+    def before_train(self, runner):
+        loader = runner.train_dataloader
+        if loader.generator is None:
+            loader.generator = torch.Generator().manual_seed(runner.seed)
+        loaded, self._loaded = self._loaded, None
+        if loaded is None or (runner.iter == 0 and runner.epoch == 0):
+            return  # no checkpoint, or one loaded as weights (load_from)
+        if not is_main_process():
             return
-        self._resumed = checkpoint['meta'].get('random_states')
+        self._resumed = loaded or None
         if self._resumed is None:
             runner.logger.warning(
                 'the checkpoint resumed from holds no random states (saved '
@@ -235,7 +294,6 @@ class RandomStatesHook(Hook):
                 'distributed: the checkpoint holds the random states of rank '
                 '0 alone, which rank 0 restores; the other ranks go on with '
                 'their states as seeded')
-        loader = runner.train_dataloader
         if (isinstance(runner.train_loop, EpochBasedTrainLoop)
                 and loader.num_workers > 0 and loader.persistent_workers):
             runner.logger.warning(
@@ -243,15 +301,20 @@ class RandomStatesHook(Hook):
                 'afresh, so the random numbers of their transforms differ '
                 'from those of an uninterrupted run; persistent_workers='
                 'False makes a resume exact')
+        if getattr(runner.train_loop, 'fast_forward_on_resume', False):
+            runner.logger.warning(
+                'train_cfg.fast_forward_on_resume=True: the resumed run '
+                'trains on the batches from the start of the data, not on '
+                'those an uninterrupted run would have')
 
     def before_train_epoch(self, runner):
         states, self._resumed = self._resumed, None
         if states is None:
             return
         loop = runner.train_loop
-        if isinstance(loop, IterBasedTrainLoop) and loop.iter > 0:
-            loop.dataloader_iterator = _RestoreBeforeBatch(
-                loop.dataloader_iterator, loop.iter, states)
+        if isinstance(loop, IterBasedTrainLoop):
+            call_before_first_batch_after_resume(
+                loop, lambda: restore_random_states(states))
             return
         restore_random_states(states)
         if (isinstance(loop, EpochBasedTrainLoop)
@@ -267,23 +330,3 @@ class RandomStatesHook(Hook):
 
     def after_val(self, runner):
         restore_random_states(self._before_val)
-
-
-class _RestoreBeforeBatch:
-    """An IterBasedTrainLoop's data iterator that restores random states
-    right before it loads batch ``skipped + 1``: the loop's replay of the
-    ``skipped`` batches trained before a resume comes after every hook."""
-
-    def __init__(self, iterator, skipped, states):
-        self._iterator, self._skipped, self._states = (iterator, skipped,
-                                                       states)
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self._skipped == 0 and self._states is not None:
-            restore_random_states(self._states)
-            self._states = None
-        self._skipped -= 1
-        return next(self._iterator)

@@ -1,20 +1,25 @@
 """The Runner of tools/train.py and tools/test.py: mmengine's, strict about
 the checkpoints it loads, careful about the one it resumes from, and exact
 in resuming it."""
+import copy
 import glob
 import os.path as osp
 import re
 from contextlib import contextmanager
 
-from mmengine.hooks import CheckpointHook
+from mmengine.fileio import LocalBackend, get_file_backend
 from mmengine.registry import RUNNERS
-from mmengine.runner import CheckpointLoader, Runner, find_latest_checkpoint
+from mmengine.runner import (CheckpointLoader, Runner, find_latest_checkpoint,
+                             load_checkpoint)
 
-from ..fileio import checkpoint_file_problem
-from .hooks import RandomStatesHook, StopOnNonFiniteLossHook
+from ..compat import is_strict_load_mismatch
+from ..fileio import (checkpoint_file_problem, install_checkpoint_loaders,
+                      kind_mismatches, name_keys)
+from .hooks import (RandomStatesHook, StopOnNonFiniteLossHook, partial_path,
+                    publish)
 
-# how mmengine's load_state_dict(strict=True) starts its error
-_MISMATCH = 'The model and loaded state dict do not match exactly'
+# mmengine's Runner.load_checkpoint and load_checkpoint strip DDP's prefix
+REVISE_KEYS = [(r'^module\.', '')]
 
 
 @contextmanager
@@ -25,7 +30,7 @@ def explain_checkpoint_mismatch(filename):
     try:
         yield
     except RuntimeError as error:
-        if not str(error).startswith(_MISMATCH):
+        if not is_strict_load_mismatch(error):
             raise
         raise RuntimeError(
             f'checkpoint {filename} does not fit the model: {error}\n'
@@ -36,16 +41,55 @@ def explain_checkpoint_mismatch(filename):
             f'that loads what fits and logs the rest.') from None
 
 
+def check_weight_kinds(model, checkpoint, filename, revise_keys=REVISE_KEYS):
+    """Raises a TypeError naming the tensors of ``checkpoint`` that
+    ``model`` holds as another kind of number (see
+    :func:`~mmcvt.fileio.kind_mismatches`): a strict load takes them
+    without a word, and the model then predicts nonsense."""
+    state_dict = checkpoint.get('state_dict', checkpoint)
+    for pattern, replacement in revise_keys:
+        state_dict = {
+            re.sub(pattern, replacement, key): value
+            for key, value in state_dict.items()
+        }
+    mismatches = kind_mismatches(state_dict, model.state_dict())
+    if mismatches:
+        raise TypeError(
+            f'checkpoint {filename} holds integers where the model has '
+            f'floating point numbers, or the reverse: '
+            f'{name_keys(mismatches)}. Loaded, they would be whole numbers '
+            f'(or rounded): check that the file holds this model\'s weights, '
+            f'and convert them with tools/model_converters/cvt2mmcvt.py if '
+            f'they are a CvT\'s in another format.')
+
+
+def load_checkpoint_strictly(model, filename, map_location='cpu'):
+    """mmengine's ``load_checkpoint(model, filename, strict=True)``, whose
+    errors name the file and what to do: keys missing, unexpected or of
+    another shape, and tensors of another kind of number."""
+    with explain_checkpoint_mismatch(filename):
+        checkpoint = load_checkpoint(
+            model, filename, map_location=map_location, strict=True)
+    check_weight_kinds(model, checkpoint, filename)
+    return checkpoint
+
+
 @RUNNERS.register_module()
 class StrictCheckpointRunner(Runner):
     """mmengine's :class:`~mmengine.runner.Runner`, with these changes.
 
+    - Checkpoints are read with mmcvt's weights-only loaders
+      (:func:`~mmcvt.fileio.install_checkpoint_loaders`).
     - Checkpoints load strictly: ``load_from``, the checkpoint given to
       tools/test.py and the one resumed from. A checkpoint that does not fit
       the model is an error that names the file and the missing, unexpected
-      and misshapen keys, where mmengine's Runner loads what fits and logs a
-      warning. Each module's ``_load_from_state_dict`` still runs, so a
-      module that converts its older checkpoints on loading accepts them.
+      and misshapen keys, and those holding another kind of number, where
+      mmengine's Runner loads what fits and logs a warning. Each module's
+      ``_load_from_state_dict`` still runs, so a module that converts its
+      older checkpoints on loading accepts them.
+    - Checkpoints are written under a temporary name and renamed into place
+      (local directories), so that a file under a checkpoint's name is
+      always complete.
     - ``resume=True`` without a checkpoint resumes from the work dir's
       checkpoints alone: ``last_checkpoint`` names one by an absolute path,
       which after the work dir was moved or copied points at, or into, the
@@ -63,8 +107,23 @@ class StrictCheckpointRunner(Runner):
       :class:`RandomStatesHook`, with their defaults unless the config's
       ``custom_hooks`` name them.
 
-    Configs whose ``runner_type`` names it get it from mmengine's tools too.
+    The checkpoint to resume from and its seed are settled in
+    :meth:`from_cfg`, in the config, before mmengine's Runner is built from
+    it. Configs whose ``runner_type`` names it get it from mmengine's tools
+    too: they build it with :meth:`from_cfg`.
     """
+
+    @classmethod
+    def from_cfg(cls, cfg):
+        install_checkpoint_loaders()
+        cfg = copy.deepcopy(cfg)
+        notes = []
+        if cfg.get('resume', False):
+            _settle_resume(cfg, notes)
+        runner = super().from_cfg(cfg)
+        for note in notes:
+            runner.logger.warning(note)
+        return runner
 
     def register_hooks(self, default_hooks=None, custom_hooks=None):
         super().register_hooks(default_hooks, custom_hooks)
@@ -76,108 +135,128 @@ class StrictCheckpointRunner(Runner):
                         filename,
                         map_location='cpu',
                         strict=True,
-                        revise_keys=[(r'^module.', '')]):
-        """:meth:`Runner.load_checkpoint`, strict by default."""
+                        revise_keys=REVISE_KEYS):
+        """:meth:`Runner.load_checkpoint`, strict by default, refusing
+        tensors of another kind of number."""
         with explain_checkpoint_mismatch(filename):
-            return super().load_checkpoint(filename, map_location, strict,
-                                           revise_keys)
+            checkpoint = super().load_checkpoint(filename, map_location,
+                                                 strict, revise_keys)
+        check_weight_kinds(self.model, checkpoint, filename, revise_keys)
+        return checkpoint
 
-    def train(self):
-        if self._resume and not self._has_loaded:
-            self._load_from = self._checkpoint_to_resume(self._load_from)
-            if self._load_from is None:
-                self.logger.warning(
-                    f'no checkpoint in {self._checkpoint_dir()} to resume '
-                    f'from: training from the start')
-                self._resume = False
-            else:
-                self._take_random_seed_of(self._load_from)
-        return super().train()
+    def save_checkpoint(self, out_dir, filename, *args, **kwargs):
+        """:meth:`Runner.save_checkpoint`, writing a local file under a
+        temporary name first and renaming it into place: killed while
+        writing, it leaves no file under the checkpoint's name."""
+        backend = get_file_backend(
+            out_dir, backend_args=kwargs.get('backend_args'))
+        if not isinstance(backend, LocalBackend):
+            return super().save_checkpoint(out_dir, filename, *args, **kwargs)
+        super().save_checkpoint(out_dir, partial_path(filename), *args,
+                                **kwargs)
+        path = osp.join(out_dir, filename)
+        # Runner.save_checkpoint writes on the main process only
+        if osp.exists(partial_path(path)):
+            publish(partial_path(path), path)
 
-    def _take_random_seed_of(self, checkpoint):
-        """Sets the seed to that of the run resumed, as Runner.resume does,
-        but before the train loop is built: it builds the sampler and the
-        data workers' ``worker_init_fn`` from the seed, which without a
-        seed in the config is a new random one in each run."""
-        seed = CheckpointLoader.load_checkpoint(
-            checkpoint, map_location='cpu').get('meta', {}).get('seed')
-        current = self._randomness_cfg.get('seed')
-        if seed is None or seed == current:
-            return
-        if current is not None:
-            self.logger.warning(
-                f'randomness.seed={current} in the config; the run resumed '
-                f'from {checkpoint} had seed {seed}, which the resumed run '
-                f'continues with')
-        self._randomness_cfg.update(seed=seed)
-        self.set_randomness(**self._randomness_cfg)
 
-    def _checkpoint_dir(self):
-        """Where this run's CheckpointHook saves: the work dir, or its
-        ``out_dir`` joined with the work dir's name, as the hook joins
-        them."""
-        hook = next((h for h in self.hooks if isinstance(h, CheckpointHook)),
-                    None)
-        out_dir = getattr(hook, 'out_dir', None)
-        if not out_dir or out_dir == self.work_dir:
-            return self.work_dir
-        return osp.join(out_dir, osp.basename(self.work_dir.rstrip(osp.sep)))
+def _settle_resume(cfg, notes):
+    """Sets ``cfg.load_from`` to the checkpoint to resume from, and
+    ``cfg.randomness.seed`` to its seed, or ``cfg.resume`` to False when
+    there is none; what the log should say goes into ``notes``."""
+    directory = checkpoint_dir(cfg)
+    checkpoint = _checkpoint_to_resume(cfg, directory, notes)
+    if checkpoint is None:
+        notes.append(f'no checkpoint in {directory} to resume from: '
+                     f'training from the start')
+        cfg.resume = False
+        return
+    cfg.load_from = checkpoint
+    _take_random_seed_of(cfg, checkpoint, notes)
 
-    def _checkpoint_to_resume(self, named):
-        if named:
-            latest = named
-        else:
-            latest = self._latest_in_checkpoint_dir()
-            if latest is None:
-                return self._newest_without_last_checkpoint()
-        if '://' in latest:  # remote files are not checked
-            return latest
-        problem = (
-            checkpoint_file_problem(latest)
-            if osp.isfile(latest) else 'it does not exist')
-        if problem is None:
-            return latest
-        previous = _newest_complete_checkpoint(osp.dirname(latest), latest)
-        if named or previous is None:
-            raise RuntimeError(f'cannot resume from {latest}: {problem}. ' + (
-                f'The newest complete checkpoint beside it is {previous}: '
-                f'resume from it with --resume {previous}' if previous else
-                'There is no complete checkpoint beside it to resume from; '
-                'train without --resume to start afresh'))
-        self.logger.warning(
-            f'The latest checkpoint, {latest}, cannot be resumed from: '
-            f'{problem}. Resuming from the newest complete checkpoint '
-            f'before it instead: {previous}')
-        return previous
 
-    def _latest_in_checkpoint_dir(self):
-        """The checkpoint that ``last_checkpoint`` names, taken from this
-        run's checkpoint dir whatever directory it names; None without a
-        ``last_checkpoint``."""
-        pointed = find_latest_checkpoint(self.work_dir)
-        directory = self._checkpoint_dir()
-        if pointed is None or '://' in pointed or '://' in directory:
-            return pointed
-        inside = osp.join(directory, osp.basename(pointed))
-        if osp.realpath(pointed) != osp.realpath(inside):
-            self.logger.warning(
-                f'last_checkpoint names {pointed}, outside {directory} (was '
-                f'the work dir moved or copied?): resuming from the '
-                f'checkpoint of that name in {directory} instead, or from '
-                f'the newest complete one there. To resume from {pointed}, '
-                f'name it: --resume {pointed}')
-        return inside
+def _take_random_seed_of(cfg, checkpoint, notes):
+    """Sets the seed to that of the run resumed, as Runner.resume does, but
+    before the Runner is built: it builds the samplers and the data
+    workers' ``worker_init_fn`` from the seed, which without a seed in the
+    config is a new random one in each run."""
+    seed = CheckpointLoader.load_checkpoint(
+        checkpoint, map_location='cpu').get('meta', {}).get('seed')
+    current = cfg.get('randomness', {}).get('seed')
+    if seed is None or seed == current:
+        return
+    if current is not None:
+        notes.append(f'randomness.seed={current} in the config; the run '
+                     f'resumed from {checkpoint} had seed {seed}, which the '
+                     f'resumed run continues with')
+    cfg.randomness = dict(cfg.get('randomness', {}), seed=seed)
 
-    def _newest_without_last_checkpoint(self):
-        directory = self._checkpoint_dir()
-        if '://' in directory:
-            return None
-        newest = _newest_complete_checkpoint(directory, None)
-        if newest is not None:
-            self.logger.warning(
-                f'no last_checkpoint in {self.work_dir}: resuming from the '
-                f'newest complete checkpoint in {directory}, {newest}')
-        return newest
+
+def checkpoint_dir(cfg):
+    """Where the CheckpointHook of ``cfg`` saves: the work dir, or its
+    ``out_dir`` joined with the work dir's name, as the hook joins them."""
+    work_dir = osp.abspath(cfg.work_dir)
+    out_dir = cfg.get('default_hooks', {}).get('checkpoint', {}).get('out_dir')
+    if not out_dir or out_dir == work_dir:
+        return work_dir
+    return osp.join(out_dir, osp.basename(work_dir.rstrip(osp.sep)))
+
+
+def _checkpoint_to_resume(cfg, directory, notes):
+    named = cfg.get('load_from')
+    if named:
+        latest = named
+    else:
+        latest = _latest_in(cfg, directory, notes)
+        if latest is None:
+            return _newest_without_last_checkpoint(cfg, directory, notes)
+    if '://' in latest:  # remote files are not checked
+        return latest
+    problem = (
+        checkpoint_file_problem(latest)
+        if osp.isfile(latest) else 'it does not exist')
+    if problem is None:
+        return latest
+    previous = _newest_complete_checkpoint(osp.dirname(latest), latest)
+    if named or previous is None:
+        raise RuntimeError(f'cannot resume from {latest}: {problem}. ' + (
+            f'The newest complete checkpoint beside it is {previous}: '
+            f'resume from it with --resume {previous}' if previous else
+            'There is no complete checkpoint beside it to resume from; '
+            'train without --resume to start afresh'))
+    notes.append(f'The latest checkpoint, {latest}, cannot be resumed from: '
+                 f'{problem}. Resuming from the newest complete checkpoint '
+                 f'before it instead: {previous}')
+    return previous
+
+
+def _latest_in(cfg, directory, notes):
+    """The checkpoint that ``last_checkpoint`` names, taken from this
+    run's checkpoint dir whatever directory it names; None without a
+    ``last_checkpoint``."""
+    pointed = find_latest_checkpoint(osp.abspath(cfg.work_dir))
+    if pointed is None or '://' in pointed or '://' in directory:
+        return pointed
+    inside = osp.join(directory, osp.basename(pointed))
+    if osp.realpath(pointed) != osp.realpath(inside):
+        notes.append(
+            f'last_checkpoint names {pointed}, outside {directory} (was '
+            f'the work dir moved or copied?): resuming from the '
+            f'checkpoint of that name in {directory} instead, or from '
+            f'the newest complete one there. To resume from {pointed}, '
+            f'name it: --resume {pointed}')
+    return inside
+
+
+def _newest_without_last_checkpoint(cfg, directory, notes):
+    if '://' in directory:
+        return None
+    newest = _newest_complete_checkpoint(directory, None)
+    if newest is not None:
+        notes.append(f'no last_checkpoint in {osp.abspath(cfg.work_dir)}: '
+                     f'resuming from the newest complete checkpoint in '
+                     f'{directory}, {newest}')
+    return newest
 
 
 def _step(path):

@@ -56,6 +56,20 @@ def name_keys(keys):
     return f'[{named}' + (f', ... and {more} more]' if more > 0 else ']')
 
 
+def kind_mismatches(state_dict, own):
+    """``'key: checkpoint int64, model float32'`` for each tensor of
+    ``state_dict`` that ``own``, a model's state_dict, holds as another kind
+    of number: integers where the model has floating point, or the reverse.
+    ``load_state_dict`` copies such a tensor across without a word, so that
+    a checkpoint of integers loads as whole numbers."""
+    return [
+        f'{key}: checkpoint {tensor.dtype}, model {own[key].dtype}'
+        for key, tensor in state_dict.items()
+        if isinstance(tensor, torch.Tensor) and key in own
+        and tensor.is_floating_point() != own[key].is_floating_point()
+    ]
+
+
 # ---- what a file is ---------------------------------------------------------
 def _safetensors_problem(filename, size):
     """For a file laid out as safetensors (the little-endian length of a

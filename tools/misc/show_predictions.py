@@ -17,10 +17,9 @@ import torch
 from mmengine.config import Config, DictAction
 from mmengine.dataset import pseudo_collate
 from mmengine.registry import DATASETS, MODELS, VISUALIZERS, init_default_scope
-from mmengine.runner import load_checkpoint
 
 import mmcvt  # noqa: F401  registers CvT and the hooks
-from mmcvt.engine import explain_checkpoint_mismatch
+from mmcvt.engine import load_checkpoint_strictly
 from mmcvt.fileio import install_checkpoint_loaders
 
 # what mmcv.imwrite (OpenCV) writes, told by the extension
@@ -99,8 +98,7 @@ def predict(cfg, checkpoint, num):
             f'data_prefix={data.get("data_prefix")!r}. Point it at the '
             f'data with --cfg-options test_dataloader.dataset.data_root=...')
     model = MODELS.build(cfg.model)
-    with explain_checkpoint_mismatch(checkpoint):
-        load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+    load_checkpoint_strictly(model, checkpoint)
     model.eval()
     num = min(num, len(dataset))
     samples = []

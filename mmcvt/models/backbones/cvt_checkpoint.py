@@ -20,7 +20,7 @@ import re
 import torch
 from mmengine.logging import print_log
 
-from ...fileio import load_checkpoint_file, name_keys
+from ...fileio import kind_mismatches, load_checkpoint_file, name_keys
 
 # official -> mmcvt; the rest of the names are the same in both
 _OFFICIAL_RENAMES = (
@@ -223,8 +223,9 @@ def fit_state_dict(state_dict, model):
       lacks (a classifier's final norm, say, with ``out_norm=False``) is
       dropped.
 
-    Anything else missing, unexpected or of another shape is an error that
-    names the keys: a backbone that silently stays random is the worst
+    Anything else missing, unexpected, of another shape or holding another
+    kind of number (integers for floating point) is an error that names the
+    keys: a backbone that silently stays random is the worst
     outcome.
 
     Returns:
@@ -251,11 +252,14 @@ def fit_state_dict(state_dict, model):
         f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
         for k, v in state_dict.items() if k in own and v.shape != own[k].shape
     ]
+    other_kinds = kind_mismatches(state_dict, own)
     problems = [
         f'{what} {name_keys(keys)}'
         for what, keys in (('missing keys', missing), ('unexpected keys',
                                                        unexpected),
-                           ('shape mismatches', mismatched)) if keys
+                           ('shape mismatches', mismatched),
+                           ('integers for floating point or the reverse',
+                            other_kinds)) if keys
     ]
     if problems:
         raise ValueError(
