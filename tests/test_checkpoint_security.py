@@ -15,11 +15,11 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.logging import HistoryBuffer, MMLogger
-from mmengine.runner import CheckpointLoader, Runner
+from mmengine.runner import Runner
 
 from mmcvt.fileio import TRUST_VARIABLE, load_from_local_file
 from mmcvt.models import CvT
-from .utils import REPO, TINY, load_tool, shapes_options
+from .utils import REPO, STACK, TINY, load_tool, shapes_options
 
 make_shapes = load_tool('misc/make_shapes_dataset.py')
 train_tool = load_tool('train.py')
@@ -184,23 +184,40 @@ for path in sys.argv[1:]:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(STACK != 'upstream', reason='upstream mmengine')
 def test_import_mmcvt_leaves_mmengines_loaders_refusing_each_file(
         crafted, marker):
-    # a fresh interpreter: other tests here install mmcvt's loaders
-    paths = [str(path) for path in crafted.values()]
-    result = subprocess.run(
-        [sys.executable, '-c', LOAD_THROUGH_MMENGINE, *paths],
-        capture_output=True,
-        text=True,
-        cwd=REPO)
-    assert result.returncode == 0, result.stderr
-    for path in paths:
+    result = load_through_mmengine(crafted)
+    for path in crafted.values():
         assert f'refused {path} UnpicklingError' in result.stdout
     assert not marker.exists()
 
 
-def test_import_mmcvt_adds_the_hf_scheme_to_mmengines_loader():
-    assert 'hf://' in CheckpointLoader._schemes
+@pytest.mark.slow
+@pytest.mark.skipif(STACK != 'onedl', reason='onedl-mmengine')
+def test_import_mmcvt_leaves_onedl_mmengines_loaders_as_they_are(
+        crafted, marker):
+    # onedl-mmengine's loader unpickles in full what its weights-only
+    # read refuses: import mmcvt leaves it so, as it leaves every loader;
+    # mmcvt's tools install their own (the tests above)
+    load_through_mmengine(crafted)
+    assert marker.exists()
+    marker.unlink()
+
+
+def load_through_mmengine(crafted):
+    """Each crafted file through mmengine's CheckpointLoader after import
+    mmcvt, in a fresh interpreter: other tests here install mmcvt's
+    loaders."""
+    result = subprocess.run([
+        sys.executable, '-c', LOAD_THROUGH_MMENGINE,
+        *map(str, crafted.values())
+    ],
+                            capture_output=True,
+                            text=True,
+                            cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    return result
 
 
 def test_cvts_init_cfg_refuses_each_file_unrun(crafted_file, marker):
@@ -293,7 +310,8 @@ def file_with_own_object(tmp_path):
 
 def test_a_file_named_as_trusted_is_unpickled_in_full_and_logged(
         file_with_own_object, monkeypatch):
-    monkeypatch.setenv(TRUST_VARIABLE, f'0123, {sha256(file_with_own_object)}')
+    monkeypatch.setenv(TRUST_VARIABLE,
+                       f'{"0" * 64}, {sha256(file_with_own_object)}')
     log = logging.handlers.BufferingHandler(capacity=100)
     logger = MMLogger.get_current_instance()
     logger.addHandler(log)
@@ -314,6 +332,38 @@ def test_trusting_another_file_does_not_trust_this_one(file_with_own_object,
     monkeypatch.setenv(TRUST_VARIABLE, sha256(crafted['reduce_payload']))
     with pytest.raises(pickle.UnpicklingError, match='Annotation'):
         load_from_local_file(str(file_with_own_object))
+
+
+def test_a_digest_may_be_written_with_sha256_before_it(file_with_own_object,
+                                                       monkeypatch):
+    monkeypatch.setenv(TRUST_VARIABLE,
+                       f'sha256:{sha256(file_with_own_object).upper()}')
+    assert load_from_local_file(
+        str(file_with_own_object))['note'].text == ('mine')
+
+
+def test_an_entry_that_is_no_digest_is_logged_and_trusts_nothing(
+        file_with_own_object, monkeypatch):
+    monkeypatch.setenv(TRUST_VARIABLE, 'md5:0123')
+    log = logging.handlers.BufferingHandler(capacity=100)
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(log)
+    try:
+        with pytest.raises(pickle.UnpicklingError):
+            load_from_local_file(str(file_with_own_object))
+    finally:
+        logger.removeHandler(log)
+    assert any(f"{TRUST_VARIABLE} holds 'md5:0123', which is no SHA-256 "
+               f'digest' in record.getMessage() for record in log.buffer)
+
+
+def test_a_refusal_says_that_the_digests_named_are_another_files(
+        file_with_own_object, crafted, monkeypatch):
+    monkeypatch.setenv(TRUST_VARIABLE, sha256(crafted['reduce_payload']))
+    with pytest.raises(pickle.UnpicklingError) as error:
+        load_from_local_file(str(file_with_own_object))
+    assert (f'({TRUST_VARIABLE} names 1 other digest, not this file\'s)'
+            in str(error.value))
 
 
 def test_a_trusted_file_replaced_after_its_digest_is_not_what_loads(

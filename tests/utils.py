@@ -1,3 +1,4 @@
+import importlib.metadata
 import importlib.util
 import os
 import socket
@@ -6,6 +7,19 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _installed_stack():
+    try:
+        importlib.metadata.version('onedl-mmengine')
+    except importlib.metadata.PackageNotFoundError:
+        return 'upstream'
+    return 'onedl'
+
+
+# 'upstream' (OpenMMLab's mmengine) or 'onedl' (its OneDL continuation), for
+# the tests of what the two do differently
+STACK = _installed_stack()
 # Reference data produced by the official CvT code (see its README.md)
 FIXTURES = REPO / 'tests' / 'data'
 

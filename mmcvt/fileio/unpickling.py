@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer, print_log
 
+from ..compat import history_buffer_pickled_state
+
 try:
     from numpy._core import multiarray
 except ImportError:  # numpy < 1.26
@@ -45,11 +47,7 @@ TRUST_VARIABLE = 'MMCVT_TRUSTED_CHECKPOINTS'
 # instance (HistoryBuffer._set_default_statistics) and pickles by name
 STATISTICS_METHODS = ('min', 'max', 'current', 'mean')
 # what HistoryBuffer.__getstate__ writes, with the type of each value
-_HISTORY_BUFFER_STATE = dict(
-    max_length=int,
-    _log_history=np.ndarray,
-    _count_history=np.ndarray,
-    statistics_methods=dict)
+_HISTORY_BUFFER_STATE = history_buffer_pickled_state()
 
 # What a stand-in refused while torch.load ran, for the error message: the
 # stand-ins raise inside torch's unpickler, which rewrites their error.
@@ -132,7 +130,11 @@ def _check_history_buffer_state(state):
         if not isinstance(state[key], kind) or isinstance(state[key], bool):
             _refuse(f'a HistoryBuffer whose {key} is {_described(state[key])}'
                     f', where mmengine writes a {kind.__name__}')
-    for key in ('_log_history', '_count_history'):
+    arrays = [
+        key for key, kind in _HISTORY_BUFFER_STATE.items()
+        if kind is np.ndarray
+    ]
+    for key in arrays:
         if state[key].ndim != 1 or state[key].dtype.hasobject:
             _refuse(f'a HistoryBuffer whose {key} is a {state[key].ndim}-D '
                     f'{state[key].dtype} array, where mmengine writes a 1-D '
@@ -217,10 +219,24 @@ def _torch_refusal(error):
     return ' '.join(reason.split())
 
 
-def _trusted_digests():
-    return set(
-        re.split(r'[\s,]+',
-                 os.environ.get(TRUST_VARIABLE, '').strip().lower())) - {''}
+def trusted_digests():
+    """The SHA-256 digests that ``MMCVT_TRUSTED_CHECKPOINTS`` names, in
+    lower case; each may be written with ``sha256:`` before it. An entry
+    that is no digest is logged as such, and trusts nothing."""
+    digests = set()
+    for entry in re.split(r'[\s,]+', os.environ.get(TRUST_VARIABLE, '')):
+        digest = entry.lower().removeprefix('sha256:')
+        if re.fullmatch(r'[0-9a-f]{64}', digest):
+            digests.add(digest)
+        elif entry:
+            print_log(
+                f'{TRUST_VARIABLE} holds {entry!r}, which is no SHA-256 '
+                f'digest (64 hexadecimal digits, with or without "sha256:" '
+                f'before them): it trusts no file. sha256sum FILE prints a '
+                f'file\'s digest.',
+                logger='current',
+                level=30)  # logging.WARNING
+    return digests
 
 
 def load_weights_only(filename, map_location=None):
@@ -257,7 +273,8 @@ def load_weights_only(filename, map_location=None):
     with open(filename, 'rb') as f:
         data = f.read()
     digest = hashlib.sha256(data).hexdigest()
-    if digest in _trusted_digests():
+    trusted = trusted_digests()
+    if digest in trusted:
         print_log(
             f'{filename} holds Python objects other than weights and '
             f'mmengine Runner state ({"; ".join(reason)}); unpickling it in '
@@ -267,10 +284,13 @@ def load_weights_only(filename, map_location=None):
             level=30)  # logging.WARNING
         return torch.load(
             io.BytesIO(data), map_location=map_location, weights_only=False)
+    others = (f' ({TRUST_VARIABLE} names {len(trusted)} other '
+              f'digest{"s" if len(trusted) > 1 else ""}, not this file\'s)'
+              if trusted else '')
     raise pickle.UnpicklingError(
         f'{filename} holds Python objects other than weights and mmengine '
         f'Runner state: {"; ".join(reason)}. It was not loaded: unpickling '
         f'it in full would run whatever code it carries. If you trust the '
         f'file and where it came from, allow it by its SHA-256 and load it '
-        f'again: {TRUST_VARIABLE}={digest} (see "Loading and security" in '
-        f'mmcvt\'s README).') from None
+        f'again: {TRUST_VARIABLE}={digest}{others} (see "Loading and '
+        f'security" in mmcvt\'s README).') from None
