@@ -9,7 +9,8 @@ _base_ = [
     './_base_/cvt13_detection.py',
 ]
 # in place of the ConvNeXt config's import of mmpretrain
-custom_imports = dict(imports=['mmcvt'], allow_failed_imports=False)
+custom_imports = dict(
+    imports=['mmcvt', 'mmcvt.engine'], allow_failed_imports=False)
 
 model = dict(
     backbone=dict(_base_.cvt13_backbone, _delete_=True), neck=_base_.cvt13_fpn)
@@ -17,3 +18,8 @@ model = dict(
 # lr decay at 2e-4; in fp32 like our other configs (tools/train.py --amp
 # for mixed precision), where the ConvNeXt config always runs AMP.
 optim_wrapper = dict(_base_.adamw_optim_wrapper, _delete_=True)
+
+# mmcvt's checkpoint hook: older checkpoints deleted only once the new
+# one is whole, so that a kill while saving cannot lose them all, and
+# checkpoints that init_detector reads weights-only (mmcvt.engine)
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))

@@ -7,7 +7,8 @@ _base_ = [
 ]
 # upstream imports mmdet.models for the head's parts
 custom_imports = dict(
-    imports=['mmdet.models', 'mmcvt'], allow_failed_imports=False)
+    imports=['mmdet.models', 'mmcvt', 'mmcvt.engine'],
+    allow_failed_imports=False)
 
 model = dict(
     backbone=dict(_base_.cvt13_ade20k_backbone, _delete_=True),
@@ -24,7 +25,8 @@ model = dict(
 # too (see _base_/cvt_four_levels.py).
 optim_wrapper = dict(paramwise_cfg=_base_.cvt_backbone_lr_mult_paramwise_cfg)
 
-# each checkpoint written whole before older ones are deleted, so that
-# a kill while saving cannot lose them all (mmcvt.engine); upstream's
+# mmcvt's checkpoint hook: older checkpoints deleted only once the new
+# one is whole, so that a kill while saving cannot lose them all, and
+# checkpoints that init_model reads weights-only (mmcvt.engine); upstream's
 # interval and best-mIoU checkpoint stay
 default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))

@@ -8,7 +8,8 @@ _base_ = [
     './_base_/cvt13_detection.py',
     './_base_/cvt_four_levels.py',
 ]
-custom_imports = dict(imports=['mmcvt'], allow_failed_imports=False)
+custom_imports = dict(
+    imports=['mmcvt', 'mmcvt.engine'], allow_failed_imports=False)
 
 model = dict(
     backbone=dict(_base_.cvt13_backbone, _delete_=True),
@@ -25,6 +26,7 @@ model = dict(
 # too (see _base_/cvt_four_levels.py).
 optim_wrapper = dict(paramwise_cfg=_base_.cvt_backbone_lr_mult_paramwise_cfg)
 
-# each checkpoint written whole before older ones are deleted, so that
-# a kill while saving cannot lose them all (mmcvt.engine)
+# mmcvt's checkpoint hook: older checkpoints deleted only once the new
+# one is whole, so that a kill while saving cannot lose them all, and
+# checkpoints that init_detector reads weights-only (mmcvt.engine)
 default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))

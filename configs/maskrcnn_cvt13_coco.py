@@ -8,13 +8,15 @@ _base_ = [
     'mmdet::_base_/default_runtime.py',
     './_base_/cvt13_detection.py',
 ]
-custom_imports = dict(imports=['mmcvt'], allow_failed_imports=False)
+custom_imports = dict(
+    imports=['mmcvt', 'mmcvt.engine'], allow_failed_imports=False)
 
 model = dict(
     backbone=dict(_base_.cvt13_backbone, _delete_=True), neck=_base_.cvt13_fpn)
 optim_wrapper = dict(_base_.adamw_optim_wrapper, _delete_=True)
-# each checkpoint written whole before older ones are deleted, so that
-# a kill while saving cannot lose them all (mmcvt.engine)
+# mmcvt's checkpoint hook: older checkpoints deleted only once the new
+# one is whole, so that a kill while saving cannot lose them all, and
+# checkpoints that init_detector reads weights-only (mmcvt.engine)
 default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))
 
 # the 1000-iteration warmup of MMDetection's Swin configs (its 1x schedule

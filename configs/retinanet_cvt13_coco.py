@@ -8,7 +8,8 @@ _base_ = [
     'mmdet::_base_/default_runtime.py',
     './_base_/cvt13_detection.py',
 ]
-custom_imports = dict(imports=['mmcvt'], allow_failed_imports=False)
+custom_imports = dict(
+    imports=['mmcvt', 'mmcvt.engine'], allow_failed_imports=False)
 
 model = dict(
     # RetinaNet's levels start at stride 8 (P3 to P7, anchors at strides 8
@@ -23,3 +24,8 @@ model = dict(
 # AdamW as in our two-stage configs; mmdet's PVT RetinaNet also trains with
 # AdamW at lr 1e-4.
 optim_wrapper = dict(_base_.adamw_optim_wrapper, _delete_=True)
+
+# mmcvt's checkpoint hook: older checkpoints deleted only once the new
+# one is whole, so that a kill while saving cannot lose them all, and
+# checkpoints that init_detector reads weights-only (mmcvt.engine)
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))

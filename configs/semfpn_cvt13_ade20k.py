@@ -11,7 +11,8 @@ _base_ = [
     'mmseg::sem_fpn/fpn_r50_4xb4-160k_ade20k-512x512.py',
     './_base_/cvt_four_levels.py',
 ]
-custom_imports = dict(imports=['mmcvt'], allow_failed_imports=False)
+custom_imports = dict(
+    imports=['mmcvt', 'mmcvt.engine'], allow_failed_imports=False)
 
 model = dict(
     pretrained=None,
@@ -45,6 +46,7 @@ param_scheduler = [
 ]
 # validation and checkpoints every 8k iterations, as PVT's configs
 train_cfg = dict(max_iters=max_iters, val_interval=8000)
-# each checkpoint written whole before older ones are deleted, so that
-# a kill while saving cannot lose them all (mmcvt.engine)
+# mmcvt's checkpoint hook: older checkpoints deleted only once the new
+# one is whole, so that a kill while saving cannot lose them all, and
+# checkpoints that init_model reads weights-only (mmcvt.engine)
 default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook', interval=8000))

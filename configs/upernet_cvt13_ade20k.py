@@ -6,7 +6,8 @@ _base_ = [
     'mmseg::_base_/default_runtime.py',
     'mmseg::_base_/schedules/schedule_160k.py',
 ]
-custom_imports = dict(imports=['mmcvt'], allow_failed_imports=False)
+custom_imports = dict(
+    imports=['mmcvt', 'mmcvt.engine'], allow_failed_imports=False)
 
 crop_size = (512, 512)
 data_preprocessor = dict(size=crop_size)
@@ -54,8 +55,9 @@ param_scheduler = [
         by_epoch=False),
 ]
 
-# each checkpoint written whole before older ones are deleted, so that
-# a kill while saving cannot lose them all (mmcvt.engine)
+# mmcvt's checkpoint hook: older checkpoints deleted only once the new
+# one is whole, so that a kill while saving cannot lose them all, and
+# checkpoints that init_model reads weights-only (mmcvt.engine)
 default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))
 
 train_dataloader = dict(batch_size=2)

@@ -4,11 +4,11 @@ Every torch file is read with torch's weights-only unpickler
 (:mod:`mmcvt.fileio.unpickling`), and weights that are not finite are
 refused. The CvT backbone reads its checkpoints with
 :func:`load_checkpoint_file`, without changing mmengine's
-``CheckpointLoader``. ``import mmcvt`` adds one scheme to that loader,
-``hf://`` (:func:`register_hf_loader`), and replaces none. mmcvt's tools
-call :func:`install_checkpoint_loaders`, which also replaces mmengine's
-loaders of local files and http(s) URLs in their process, so that their
-Runner reads the same way:
+``CheckpointLoader``; ``import mmcvt`` changes nothing of it. mmcvt's tools
+(and its Runner) call :func:`install_checkpoint_loaders`, which adds the
+``hf://`` scheme to that loader and replaces mmengine's loaders of local
+files and http(s) URLs in their process, so that their Runner reads the
+same way:
 
 - local files: mmengine 0.10 reads them with a bare ``torch.load``, which
   from torch 2.6 on refuses the checkpoints of mmengine's own Runner (their
@@ -398,8 +398,9 @@ def load_checkpoint_file(filename, map_location=None):
 
 def register_hf_loader():
     """Adds ``hf://`` to mmengine's ``CheckpointLoader``, which has no such
-    scheme, so that any ``init_cfg`` or ``load_from`` can name hub weights.
-    ``import mmcvt`` calls it; it replaces nothing of mmengine's."""
+    scheme, so that any ``init_cfg`` or ``load_from`` can name hub weights;
+    it replaces nothing of mmengine's. :func:`install_checkpoint_loaders`
+    calls it; code that runs other tools may call it alone."""
     CheckpointLoader.register_scheme(
         prefixes='hf://', loader=load_from_hf_hub, force=True)
 
