@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from . import docs_check
-from .utils import REPO
+from .utils import REPO, load_tool
 
 README_MAX_LINES = 250
 
@@ -289,3 +289,67 @@ def test_a_config_or_file_named_in_code_that_is_missing_is_a_problem(
         tmp_path, code, problem):
     assert path_problems_of(tmp_path, code) == [f'README.md:3: {problem}']
 
+
+def run_docs_figures(tmp_path, old, new):
+    """tools/misc/docs_figures.py on an old and a new document: its exit
+    status and what it printed."""
+    old_file = write(tmp_path, 'old/README.md', old)
+    new_file = write(tmp_path, 'new/README.md', new)
+    return load_tool('misc/docs_figures.py').main(
+        [str(old_file), '--new', str(new_file)])
+
+
+def test_docs_figures_finds_a_figure_or_a_command_that_a_move_lost(
+        tmp_path, capsys):
+    old = """\
+        `make demo` took 11 min 14 s on 2 cores.
+
+        | config | params |
+        |---|---|
+        | `a.py` | 40.57 M |
+
+        ```bash
+        python tools/train.py CONFIG --amp
+        ```
+        """
+    new = """\
+        `make demo` took 11 min 41 s on 2 cores.
+
+        | config | params |
+        |---|---|
+        | `a.py` | 40.75 M |
+        """
+    assert run_docs_figures(tmp_path, old, new) == 1
+    lost = capsys.readouterr().out.splitlines()
+    assert [line.split(': ', 1)[1] for line in lost[:-1]] == [
+        'figure not found: min 14 s', 'figure not found: | 40.57 M',
+        'command not found: python tools/train.py CONFIG --amp'
+    ]
+
+
+def test_docs_figures_finds_every_figure_of_text_moved_and_rewrapped(
+        tmp_path, capsys):
+    old = """\
+        ## Quick start
+
+        `make demo` took 11 min 14 s on 2 cores.
+
+        | config | params |
+        |---|---|
+        | `a.py` | 40.57 M |
+        """
+    new = """\
+        # Getting started
+
+        | config | params |
+        |---|---|
+        | `a.py` | 40.57 M |
+
+        ## Quick start
+
+        `make demo` took 11 min
+        14 s on 2 cores.
+        """
+    assert run_docs_figures(tmp_path, old, new) == 0
+    assert capsys.readouterr().out.endswith(
+        '4 of 4 figures and command lines found\n')
