@@ -1,8 +1,8 @@
 # Mask R-CNN with CvT-13 on COCO, 1x, with the backbone compiled: for GPUs,
-# where an eager step of CvT is bound by launching its many small ops (README,
-# "Compiling the backbone"). Only the backbone is compiled; mmengine's
-# compile=True would compile the whole detector and retrace it for every
-# number of proposals.
+# where an eager step of CvT is bound by launching its many small ops
+# (docs/en/speed_and_memory.md, "Compiling the backbone"). Only the backbone
+# is compiled; mmengine's compile=True would compile the whole detector and
+# retrace it for every number of proposals.
 _base_ = './maskrcnn_cvt13_coco.py'
 
 model = dict(

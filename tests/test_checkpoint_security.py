@@ -29,8 +29,8 @@ cvt2mmcvt = load_tool('model_converters/cvt2mmcvt.py')
 
 
 def sha256(path):
-    """What ``sha256sum`` prints for the file, as the README has users
-    compute it."""
+    """What ``sha256sum`` prints for the file, as
+    docs/en/loading_and_security.md has users compute it."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 

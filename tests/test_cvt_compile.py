@@ -83,7 +83,8 @@ def test_the_compiled_backbone_serves_a_second_image_size_without_recompiling(
 @pytest.mark.slow
 def test_a_compiled_training_step_has_the_gradients_of_eager():
     # inductor; torch 2.13 recompiles a training graph of convolutions for
-    # each new image size (README, "Compiling the backbone"), so one size
+    # each new image size (docs/en/speed_and_memory.md, "Compiling the
+    # backbone"), so one size
     model = one_stage_cvt(drop_path_rate=0.2).train()
     compiled = torch.compile(model, dynamic=True, fullgraph=True)
     compare_training_steps(compiled, model, torch.rand(2, 3, *SIZES[0]))

@@ -159,8 +159,8 @@ def _check_exists(path, reader, option, checked):
     if not osp.exists(path):
         raise FileNotFoundError(
             f'{path} does not exist: {reader}. Put the data there (see '
-            f'README.md), or point the config at it with --cfg-options '
-            f'{option}=...')
+            f'docs/en/train_test.md), or point the config at it with '
+            f'--cfg-options {option}=...')
     problem = (
         json_file_problem(path)
         if path.endswith('.json') and osp.isfile(path) else None)

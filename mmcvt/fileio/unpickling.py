@@ -292,5 +292,5 @@ def load_weights_only(filename, map_location=None):
         f'Runner state: {"; ".join(reason)}. It was not loaded: unpickling '
         f'it in full would run whatever code it carries. If you trust the '
         f'file and where it came from, allow it by its SHA-256 and load it '
-        f'again: {TRUST_VARIABLE}={digest}{others} (see "Loading and '
-        f'security" in mmcvt\'s README).') from None
+        f'again: {TRUST_VARIABLE}={digest}{others} (see mmcvt\'s '
+        f'docs/en/loading_and_security.md).') from None

@@ -423,7 +423,8 @@ class CvT(BaseModule):
         compile (bool | dict): Run the backbone through ``torch.compile``:
             True with ``dynamic=True`` (one graph for every image size), a
             dict for other ``torch.compile`` options (merged over those).
-            The rest of the detector stays eager. See README, "Compiling".
+            The rest of the detector stays eager. See docs/en/
+            speed_and_memory.md, "Compiling the backbone".
         pretrained (str, optional): Deprecated; use ``init_cfg=dict(
             type='Pretrained', checkpoint=...)``, which it becomes.
         init_cfg (dict | list[dict], optional): ``dict(type='Pretrained',

@@ -1,8 +1,9 @@
 """Ops of a CvT block fused by hand: fewer kernels per training step.
 
 On a GPU a CvT step is bound by launching its many small ops, not by their
-FLOPs (README, "Ops per training step"), so each function here does in one
-op, forward and backward, what the plain expression does in several.
+FLOPs (docs/en/speed_and_memory.md, "Ops per training step"), so each
+function here does in one op, forward and backward, what the plain
+expression does in several.
 """
 import torch
 import torch.nn as nn

@@ -22,7 +22,7 @@ WITH_CP_MODES = (False, True, 'selective')
 # copies) is cheap to redo and is recomputed in the backward instead. It is
 # not the default because the recompute runs through a Python dispatch
 # mode, whose cost per op shows at small sizes, where memory does not
-# matter (README, "Speed and memory").
+# matter (docs/en/speed_and_memory.md).
 HEAVY_OPS = frozenset({
     torch.ops.aten.addmm,
     torch.ops.aten.mm,
@@ -41,8 +41,9 @@ def run_with_recompute(function, module, with_cp, *args):
     Under torch.compile it runs in a checkpoint whatever ``with_cp`` says,
     for the policy to have views recomputed rather than kept: with dynamic
     shapes, inductor fails on a training graph that keeps views for the
-    backward (README, "Compiling the backbone"). With ``with_cp=False`` the
-    policy keeps everything else, as plain autograd would.
+    backward (docs/en/speed_and_memory.md, "Compiling the backbone"). With
+    ``with_cp=False`` the policy keeps everything else, as plain autograd
+    would.
     """
     compiling = torch.compiler.is_compiling()
     if not ((with_cp or compiling) and torch.is_grad_enabled()):

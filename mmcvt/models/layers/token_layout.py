@@ -9,8 +9,8 @@ without a copy and return channels_last maps, whose tokens are again a
 contiguous view.
 
 Under torch.compile with dynamic shapes (torch 2.13), two things fail with
-those views, each shown by a command in the README ("Compiling the
-backbone"):
+those views, each shown by a command in docs/en/speed_and_memory.md
+("Compiling the backbone"):
 
 - inductor cannot lower a convolution of the channels_last view, whose
   strides hold sizes it cannot bound: the map is made contiguous instead,
