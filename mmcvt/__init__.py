@@ -7,6 +7,11 @@ with ``custom_imports=dict(imports=['mmcvt'])``. mmcvt's Runner, hooks and
 weights-only checkpoint loaders are registered by mmcvt's tools, or by a
 config that asks for them with ``imports=['mmcvt', 'mmcvt.engine']``
 (:mod:`mmcvt.engine`); other tools keep their own Runner and loaders.
+
+On the OneDL stack, where MMSegmentation's distribution is named
+``onedl-mmsegmentation``, it also lets configs that inherit ``mmseg::``
+resolve, as they do upstream (:func:`mmcvt.compat.resolve_onedl_config_scopes`;
+it changes nothing on the upstream stack).
 """
 import torch
 
@@ -18,6 +23,7 @@ if torch_version_problem(torch.__version__):
 
 try:
     from . import models  # noqa: F401  registers the modules
+    from .compat import resolve_onedl_config_scopes
 except ModuleNotFoundError as error:
     module = (error.name or __name__).split('.')[0]
     if module == __name__:
@@ -25,5 +31,7 @@ except ModuleNotFoundError as error:
     # python -m mmcvt.doctor cannot run either: say here what to install
     from .doctor import missing_module_message
     raise ImportError(missing_module_message(module)) from error
+
+resolve_onedl_config_scopes()
 
 __all__ = ['__version__']

@@ -8,6 +8,8 @@ versions"). Each function says what it assumes; ``tests/test_compat.py``
 checks each assumption on the installed stack and, when one breaks, fails
 naming the release that broke it.
 """
+import importlib.metadata
+
 import numpy as np
 import torch
 
@@ -137,3 +139,40 @@ def dispatch_mode_class():
     """
     from torch.utils._python_dispatch import TorchDispatchMode
     return TorchDispatchMode
+
+
+# the distributions that OneDL's continuation of OpenMMLab installs under
+# other names than upstream's, by the scope of their configs
+ONEDL_DISTRIBUTIONS = {
+    'mmdet': 'onedl-mmdetection',
+    'mmseg': 'onedl-mmsegmentation',
+    'mmpretrain': 'onedl-mmpretrain',
+}
+
+
+def resolve_onedl_config_scopes():
+    """Lets configs inherit ``mmseg::...`` (and ``mmdet::``,
+    ``mmpretrain::``) where the library is installed as OneDL's
+    distribution, ``onedl-mmsegmentation``: mmengine looks the scope up as
+    a distribution named ``mmsegmentation`` and reports it not installed.
+    Changes nothing where the upstream distribution is installed.
+
+    Assumes: mmengine resolves ``scope::path`` through
+    ``mmengine.config.utils.MODULE2PACKAGE`` (scope to distribution name),
+    then finds the distribution's files by that name (mmengine 0.10).
+    """
+    from mmengine.config import utils
+    for scope, onedl in ONEDL_DISTRIBUTIONS.items():
+        if not (_distribution_installed(utils.MODULE2PACKAGE.get(scope))
+                or not _distribution_installed(onedl)):
+            utils.MODULE2PACKAGE[scope] = onedl
+
+
+def _distribution_installed(name):
+    if name is None:
+        return False
+    try:
+        importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True

@@ -24,7 +24,7 @@ import mmcvt
 from mmcvt import compat
 from mmcvt.fileio import install_checkpoint_loaders
 from .test_checkpoints import LinearModel  # noqa: F401  registers it
-from .utils import REPO
+from .utils import REPO, STACK
 
 UPSTREAM = ('torch', 'mmengine', 'mmdet', 'mmseg', 'mmcv')
 
@@ -374,3 +374,20 @@ def test_a_batched_matmul_ends_in_the_unsafe_view_compat_names():
 
 def test_the_release_named_in_failures_is_the_installed_one():
     assert release('mmengine').endswith(mmengine.__version__)
+
+
+def test_a_config_inheriting_mmseg_loads_after_import_mmcvt(tmp_path):
+    config = tmp_path / 'inherits_mmseg.py'
+    config.write_text("_base_ = 'mmseg::_base_/default_runtime.py'\n")
+    cfg = Config.fromfile(config)
+    assert cfg.default_scope == 'mmseg', broken(
+        'mmengine',
+        'a config inheriting mmseg:: did not load MMSegmentation\'s'
+        ' runtime')
+
+
+@pytest.mark.skipif(STACK != 'upstream', reason='upstream distributions')
+def test_upstreams_config_scopes_are_left_as_they_are():
+    from mmengine.config.utils import MODULE2PACKAGE
+    assert MODULE2PACKAGE['mmseg'] == 'mmsegmentation'
+    assert MODULE2PACKAGE['mmdet'] == 'mmdet'
