@@ -2,13 +2,16 @@
 a save cut short cannot lose them all, resumed from the newest complete
 one, loaded strictly; and files that are no checkpoint, named as such."""
 import copy
+import functools
 import json
 import pickle
+import random
 import re
 import shutil
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -54,13 +57,25 @@ class LineDataset(Dataset):
         return dict(x=torch.tensor([float(i), 1.]), y=torch.tensor(2. * i))
 
 
+@DATASETS.register_module(force=True)
+class NoisyLineDataset(LineDataset):
+    """LineDataset whose inputs draw from torch's, numpy's and Python's
+    random states, as a data pipeline's transforms do."""
+
+    def __getitem__(self, i):
+        noise = torch.rand(1).item() + np.random.rand() + random.random()
+        return dict(
+            x=torch.tensor([float(i) + noise, 1.]), y=torch.tensor(2. * i))
+
+
 @HOOKS.register_module(force=True)
 class RecordingHook(Hook):
-    """Records the iterations run, and the optimizer and scheduler states
-    at the start of training."""
+    """Records the iterations run and their losses, and the optimizer and
+    scheduler states at the start of training."""
 
     def __init__(self):
         self.iters = []
+        self.losses = []
         self.optimizer_state = self.scheduler_states = None
 
     def before_train(self, runner):
@@ -72,16 +87,26 @@ class RecordingHook(Hook):
     def before_train_iter(self, runner, batch_idx, data_batch=None):
         self.iters.append(runner.iter)
 
+    def after_train_iter(self,
+                         runner,
+                         batch_idx,
+                         data_batch=None,
+                         outputs=None):
+        self.losses.append(outputs['loss'].item())
+
 
 def build_linear_runner(work_dir,
                         max_iters,
                         resume=False,
                         load_from=None,
                         checkpoint_hook=None,
-                        hooks=()):
+                        hooks=(),
+                        dataset='LineDataset',
+                        shuffle=False,
+                        seed=None):
     """The tools' Runner (mmcvt.engine.build_runner) of a linear model that
     saves a checkpoint every 2 iterations, with ``hooks`` besides its
-    RecordingHook."""
+    RecordingHook, on ``dataset`` in an InfiniteSampler."""
     # unique, or two runners made in one second share their logger
     name = f'{work_dir.name}-{max_iters}-{resume}-{load_from}'
     return build_runner(
@@ -91,8 +116,8 @@ def build_linear_runner(work_dir,
                 model=dict(type='LinearModel'),
                 work_dir=str(work_dir),
                 train_dataloader=dict(
-                    dataset=dict(type='LineDataset'),
-                    sampler=dict(type='InfiniteSampler', shuffle=False),
+                    dataset=dict(type=dataset),
+                    sampler=dict(type='InfiniteSampler', shuffle=shuffle),
                     batch_size=2,
                     collate_fn=dict(type='default_collate')),
                 train_cfg=dict(by_epoch=False, max_iters=max_iters),
@@ -105,6 +130,7 @@ def build_linear_runner(work_dir,
                         interval=2,
                         by_epoch=False)),
                 custom_hooks=[dict(type='RecordingHook'), *hooks],
+                randomness=dict(seed=seed),
                 resume=resume,
                 load_from=None if load_from is None else str(load_from))))
 
@@ -210,6 +236,24 @@ def test_resume_continues_from_the_last_checkpoint(work_dir):
     runner = build_linear_runner(work_dir, max_iters=6, resume=True)
     runner.train()
     assert recorder(runner).iters == [4, 5]
+
+
+def test_a_resumed_run_repeats_the_uninterrupted_losses_bit_for_bit(tmp_path):
+    # shuffled batches whose data draw random numbers: a resume must put
+    # the sampler and the random states back where the run left them, on
+    # either stack's IterBasedTrainLoop
+    run = functools.partial(
+        build_linear_runner,
+        dataset='NoisyLineDataset',
+        shuffle=True,
+        seed=0,
+        checkpoint_hook=dict(type='SafeCheckpointHook'))
+    whole = run(tmp_path / 'whole', max_iters=6)
+    whole.train()
+    run(tmp_path / 'cut', max_iters=4).train()
+    resumed = run(tmp_path / 'cut', max_iters=6, resume=True)
+    resumed.train()
+    assert recorder(resumed).losses == recorder(whole).losses[4:]
 
 
 def test_resume_restores_the_optimizer_and_scheduler_state(work_dir):
