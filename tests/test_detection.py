@@ -13,8 +13,8 @@ from mmengine.registry import DATASETS, HOOKS, MODELS
 from mmcvt.fileio import load_from_local_file
 from mmcvt.models import CvT
 from .utils import (REPO, dist_train, load_repo_config, load_tool,
-                    predictions_png_cells, save_untrained_checkpoint,
-                    shapes_options)
+                    predictions_png_cells, run_fresh,
+                    save_untrained_checkpoint, shapes_options)
 
 make_shapes = load_tool('misc/make_shapes_dataset.py')
 train_tool = load_tool('train.py')
@@ -190,6 +190,29 @@ def demo_run(shapes, tmp_path_factory):
 @pytest.fixture(scope='module')
 def demo_checkpoint(demo_run):
     return demo_run / f'epoch_{DEMO_EPOCHS}.pth'
+
+
+# MMDetection's own APIs, after import mmcvt alone: mmengine's loaders
+UPSTREAM_APIS = """
+import sys
+import mmcvt
+from mmdet.apis import DetInferencer, init_detector
+config, checkpoint, image = sys.argv[1:]
+model = init_detector(config, checkpoint, device='cpu')
+print('init_detector', model.dataset_meta['classes'])
+result = DetInferencer(model=config, weights=checkpoint, device='cpu')(
+    image, return_vis=False)
+print('DetInferencer', len(result['predictions'][0]['labels']))
+"""
+
+
+@pytest.mark.slow
+def test_mmdetections_apis_load_a_checkpoint_of_tools_train(
+        demo_checkpoint, shapes):
+    image = sorted((shapes / 'val').glob('*.png'))[0]
+    printed = run_fresh(UPSTREAM_APIS, REPO / DEMO, demo_checkpoint, image)
+    assert "init_detector ('circle', 'square', 'triangle')" in printed
+    assert 'DetInferencer ' in printed
 
 
 @pytest.mark.slow

@@ -12,8 +12,8 @@ from mmengine.optim import build_optim_wrapper
 from mmengine.registry import DATASETS, MODELS
 
 from .utils import (REPO, dist_train, load_repo_config, load_tool,
-                    predictions_png_cells, save_untrained_checkpoint,
-                    shapes_options)
+                    predictions_png_cells, run_fresh,
+                    save_untrained_checkpoint, shapes_options)
 
 train_tool = load_tool('train.py')
 test_tool = load_tool('test.py')
@@ -156,6 +156,30 @@ def best_constant_miou(root):
     fractions = np.bincount(labels.ravel()) / labels.size
     present = np.count_nonzero(fractions)
     return 100 * fractions.max() / present
+
+
+# MMSegmentation's own APIs, after import mmcvt alone: mmengine's loaders
+UPSTREAM_APIS = """
+import sys
+import mmcvt
+from mmseg.apis import MMSegInferencer, init_model
+config, checkpoint, image = sys.argv[1:]
+model = init_model(config, checkpoint, device='cpu')
+print('init_model', model.dataset_meta['classes'])
+result = MMSegInferencer(model=config, weights=checkpoint, device='cpu')(
+    image, return_vis=False)
+print('MMSegInferencer', result['predictions'].shape)
+"""
+
+
+@pytest.mark.slow
+def test_mmsegmentations_apis_load_a_checkpoint_of_tools_train(
+        demo_checkpoint, shapes_seg):
+    image = sorted((shapes_seg / 'images/validation').glob('*.png'))[0]
+    printed = run_fresh(UPSTREAM_APIS, REPO / DEMO, demo_checkpoint, image)
+    assert "init_model ('background', 'circle', 'square', 'triangle')" in (
+        printed)
+    assert 'MMSegInferencer (128, 128)' in printed
 
 
 @pytest.mark.slow

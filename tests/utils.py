@@ -172,3 +172,16 @@ def separate_kv(state_dict):
         else:
             separate[key] = value
     return separate
+
+
+def run_fresh(script, *args):
+    """Runs ``script`` with ``args`` in a fresh interpreter, as a user's
+    own code would run after ``import mmcvt``: with mmengine's checkpoint
+    loaders as they are, which tests that build mmcvt's Runner replace in
+    this process. Returns its stdout; fails on an error, with its stderr."""
+    result = subprocess.run([sys.executable, '-c', script, *map(str, args)],
+                            capture_output=True,
+                            text=True,
+                            cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
