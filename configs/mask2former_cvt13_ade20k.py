@@ -21,9 +21,21 @@ model = dict(
 # Mask2Former's AdamW, as upstream trains Swin with it: lr 1e-4 with the
 # backbone at 0.1x, weight decay 0.05, none on norms and on the
 # query and level embeddings, gradient clipping at 0.01. Added, as in our
-# other configs: none on biases and depthwise convs either, in the backbone
-# too (see _base_/cvt_four_levels.py).
-optim_wrapper = dict(paramwise_cfg=_base_.cvt_backbone_lr_mult_paramwise_cfg)
+# other configs: none on biases and depthwise convs either, by module type
+# in the whole model (CvTOptimWrapperConstructor, mmcvt.engine.optimizers).
+# Its backbone_lr_mult replaces the recipe's custom key 'backbone', whose
+# multipliers it would otherwise apply on top; the recipe's other keys stay.
+optim_wrapper = dict(
+    constructor='CvTOptimWrapperConstructor',
+    paramwise_cfg=dict(
+        _delete_=True,
+        backbone_lr_mult=0.1,
+        custom_keys={
+            key: settings
+            for key, settings in
+            _base_.optim_wrapper.paramwise_cfg.custom_keys.items()
+            if key != 'backbone'
+        }))
 
 # mmcvt's checkpoint hook: older checkpoints deleted only once the new
 # one is whole, so that a kill while saving cannot lose them all, and
