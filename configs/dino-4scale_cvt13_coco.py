@@ -26,13 +26,8 @@ model = dict(
 # backbone at 0.1x, weight decay 1e-4 (the DETR recipes' value, for the
 # transformer head as much as the backbone), gradient clipping at 0.1.
 # Added, as in our other configs: no weight decay on norms, biases and
-# depthwise convs, by module type in the whole model
-# (CvTOptimWrapperConstructor, mmcvt.engine.optimizers). Its
-# backbone_lr_mult replaces the recipe's custom key 'backbone', whose
-# multipliers it would otherwise apply on top.
-optim_wrapper = dict(
-    constructor='CvTOptimWrapperConstructor',
-    paramwise_cfg=dict(_delete_=True, backbone_lr_mult=0.1))
+# depthwise convs (see _base_/cvt_four_levels.py).
+optim_wrapper = _base_.cvt_backbone_tenth_lr
 
 # mmcvt's checkpoint hook: older checkpoints deleted only once the new
 # one is whole, so that a kill while saving cannot lose them all, and

@@ -21,15 +21,12 @@ model = dict(
 # Mask2Former's AdamW, as upstream trains Swin with it: lr 1e-4 with the
 # backbone at 0.1x, weight decay 0.05, none on norms and on the
 # query and level embeddings, gradient clipping at 0.01. Added, as in our
-# other configs: none on biases and depthwise convs either, by module type
-# in the whole model (CvTOptimWrapperConstructor, mmcvt.engine.optimizers).
-# Its backbone_lr_mult replaces the recipe's custom key 'backbone', whose
-# multipliers it would otherwise apply on top; the recipe's other keys stay.
+# other configs: none on biases and depthwise convs either, in the backbone
+# too (see _base_/cvt_four_levels.py).
 optim_wrapper = dict(
-    constructor='CvTOptimWrapperConstructor',
+    _base_.cvt_backbone_tenth_lr,
     paramwise_cfg=dict(
-        _delete_=True,
-        backbone_lr_mult=0.1,
+        _base_.cvt_backbone_tenth_lr.paramwise_cfg,
         custom_keys={
             key: settings
             for key, settings in

@@ -1,6 +1,7 @@
 # What the DINO, Mask2Former and Semantic FPN configs share: CvT for the
-# ADE20K ones, and the learned fourth level that these heads' recipes
-# expect. The configs take them as `_base_.<name>`, as they take those of
+# ADE20K ones, the learned fourth level that these heads' recipes expect,
+# and the optimizer options that train the backbone at a tenth of the
+# heads' lr. The configs take them as `_base_.<name>`, as they take those of
 # cvt13_detection.py.
 
 # CvT-13 as upernet_cvt13_ade20k.py has it: drop path 0.1, and the
@@ -21,3 +22,14 @@ cvt13_ade20k_backbone = dict(
 # neck (`neck=`) takes the four levels where the recipe has one.
 cvt13_four_levels = dict(
     type='ExtraLevels', in_channels=[64, 192, 384], extra_channels=[768])
+
+# DINO and Mask2Former train the backbone at 0.1x the lr: backbone_lr_mult
+# of CvTOptimWrapperConstructor (mmcvt.engine.optimizers), which also keeps
+# weight decay off every norm, bias and depthwise conv of the model. It
+# replaces the recipes' options for mmengine's constructor (_delete_),
+# among them the custom key 'backbone', whose multipliers it would
+# otherwise apply on top; the Mask2Former configs add the recipe's other
+# keys back.
+cvt_backbone_tenth_lr = dict(
+    constructor='CvTOptimWrapperConstructor',
+    paramwise_cfg=dict(_delete_=True, backbone_lr_mult=0.1))
