@@ -202,7 +202,7 @@ def test_the_stem_is_decayed_the_most_and_the_heads_stay_at_one(decay_type):
         lr
         for name, lr in lr_of.items() if not name.startswith('backbone.')
     } == {BASE_LR}
-    # the output norms are fresh: at the top of the backbone
+    # the output norms, on the maps the neck takes: at the top of the backbone
     assert {
         lr
         for name, lr in lr_of.items() if name.startswith('backbone.norm')

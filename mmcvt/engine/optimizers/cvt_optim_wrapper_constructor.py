@@ -250,8 +250,8 @@ class CvTOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             n for n, _ in model.named_parameters() if n.startswith(PREFIX)
         ]
         for key in self.sorted_keys:
-            if 'lr_mult' in self.custom_keys[key] and all(key in name
-                                                          for name in names):
+            if names and 'lr_mult' in self.custom_keys[key] and all(
+                    key in name for name in names):
                 raise ValueError(
                     f'custom_keys[{key!r}] and backbone_lr_mult both scale '
                     f'the lr of the whole backbone, and their product would '

@@ -710,7 +710,7 @@ class CvT(BaseModule):
 
         Depth 0 is the stem (stage 0's token embedding), which is decayed
         the most; ``num_layers - 1`` is the top, whose lr is not decayed:
-        the output norms, which the checkpoints do not hold, and every
+        the output norms, on the maps that the neck takes, and every
         parameter whose name does not start with ``prefix`` (necks and
         heads). In between:
 
