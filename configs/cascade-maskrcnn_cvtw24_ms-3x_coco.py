@@ -4,8 +4,6 @@
 # ships for ConvNeXt) with its ConvNeXt config's layer-wise lr decay, which
 # large backbones take, at the rate chosen below for CvT-W24's 24 blocks.
 _base_ = './cascade-maskrcnn_cvt13_ms-3x_coco.py'
-custom_imports = dict(
-    imports=['mmcvt', 'mmcvt.engine'], allow_failed_imports=False)
 
 model = dict(
     backbone=dict(

@@ -3,8 +3,6 @@
 # upernet_cvt13_ade20k.py with layer-wise lr decay, which large backbones
 # take, at the rate chosen below for CvT-W24's 24 blocks.
 _base_ = './upernet_cvt13_ade20k.py'
-custom_imports = dict(
-    imports=['mmcvt', 'mmcvt.engine'], allow_failed_imports=False)
 
 model = dict(
     backbone=dict(
