@@ -583,6 +583,14 @@ for arch in ('cvt13', 'cvt21'):
     })
 
 
+def test_every_shipped_config_builds_its_optimizer_with_the_constructor():
+    constructors = {
+        path: load_repo_config(path).optim_wrapper.get('constructor')
+        for path in shipped_configs()
+    }
+    assert set(constructors.values()) == {'CvTOptimWrapperConstructor'}
+
+
 @pytest.mark.parametrize('path', CVT13_CVT21_CONFIGS)
 def test_cvt13_and_cvt21_configs_keep_every_parameters_lr_and_weight_decay(
         path):
