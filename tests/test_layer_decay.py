@@ -156,17 +156,23 @@ def test_the_groups_are_logged_with_their_lrs_and_parameters(tmp_path):
 
 
 # ---- lr ---------------------------------------------------------------------
-@pytest.mark.parametrize('decay_type', DECAY_TYPES)
-def test_each_blocks_lr_is_base_x_mult_x_rate_to_its_depth_from_the_top(
-        decay_type):
+def decayed_lrs(decay_type):
+    """The lr of each parameter of a TinyDetector, its backbone at MULT
+    and decayed at RATE."""
     model = TinyDetector()
-    lr_of = lrs_by_name(
+    return lrs_by_name(
         model,
         build(
             model,
             backbone_lr_mult=MULT,
             layer_decay_rate=RATE,
             decay_type=decay_type))
+
+
+@pytest.mark.parametrize('decay_type', DECAY_TYPES)
+def test_each_blocks_lr_is_base_x_mult_x_rate_to_its_depth_from_the_top(
+        decay_type):
+    lr_of = decayed_lrs(decay_type)
     depths = DEEPER['depths']
     for stage, depth in enumerate(depths):
         for block in range(depth):
@@ -181,14 +187,7 @@ def test_each_blocks_lr_is_base_x_mult_x_rate_to_its_depth_from_the_top(
 
 @pytest.mark.parametrize('decay_type', DECAY_TYPES)
 def test_the_stem_is_decayed_the_most_and_the_heads_stay_at_one(decay_type):
-    model = TinyDetector()
-    lr_of = lrs_by_name(
-        model,
-        build(
-            model,
-            backbone_lr_mult=MULT,
-            layer_decay_rate=RATE,
-            decay_type=decay_type))
+    lr_of = decayed_lrs(decay_type)
     depths = DEEPER['depths']
     units = sum(depths) if decay_type == 'layer_wise' else len(depths)
     stem = {
