@@ -27,7 +27,7 @@ model = dict(
 # transformer head as much as the backbone), gradient clipping at 0.1.
 # Added, as in our other configs: no weight decay on norms, biases and
 # depthwise convs (see _base_/cvt_four_levels.py).
-optim_wrapper = dict(paramwise_cfg=_base_.cvt_backbone_lr_mult_paramwise_cfg)
+optim_wrapper = _base_.cvt_backbone_tenth_lr
 
 # mmcvt's checkpoint hook: older checkpoints deleted only once the new
 # one is whole, so that a kill while saving cannot lose them all, and

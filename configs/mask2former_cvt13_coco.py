@@ -24,7 +24,16 @@ model = dict(
 # query and level embeddings, gradient clipping at 0.01. Added, as in our
 # other configs: none on biases and depthwise convs either, in the backbone
 # too (see _base_/cvt_four_levels.py).
-optim_wrapper = dict(paramwise_cfg=_base_.cvt_backbone_lr_mult_paramwise_cfg)
+optim_wrapper = dict(
+    _base_.cvt_backbone_tenth_lr,
+    paramwise_cfg=dict(
+        _base_.cvt_backbone_tenth_lr.paramwise_cfg,
+        custom_keys={
+            key: settings
+            for key, settings in
+            _base_.optim_wrapper.paramwise_cfg.custom_keys.items()
+            if key != 'backbone'
+        }))
 
 # mmcvt's checkpoint hook: older checkpoints deleted only once the new
 # one is whole, so that a kill while saving cannot lose them all, and

@@ -27,13 +27,13 @@ model = dict(
         neck=dict(_base_.model.neck, in_channels=[64, 192, 384, 768])))
 
 # PVT's AdamW; no weight decay on norms, biases or depthwise convs, as in
-# our other configs and as CvT was pretrained
+# our other configs and as CvT was pretrained (CvTOptimWrapperConstructor,
+# mmcvt.engine.optimizers, tells them by module type)
 optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=1e-4, weight_decay=1e-4),
-    paramwise_cfg=dict(
-        norm_decay_mult=0., bias_decay_mult=0., dwconv_decay_mult=0.))
+    constructor='CvTOptimWrapperConstructor',
+    optimizer=dict(type='AdamW', lr=1e-4, weight_decay=1e-4))
 max_iters = 80000
 param_scheduler = [
     dict(

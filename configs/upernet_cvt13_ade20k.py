@@ -34,14 +34,15 @@ model = dict(
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(341, 341)))
 
 # AdamW at lr 6e-5 for 16 images a batch (8 GPUs x 2), weight decay 0.01,
-# none on norms, biases or depthwise convs, which is how CvT was pretrained.
+# none on norms, biases or depthwise convs, which is how CvT was pretrained
+# (CvTOptimWrapperConstructor, mmcvt.engine.optimizers, tells them by module
+# type).
 optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
+    constructor='CvTOptimWrapperConstructor',
     optimizer=dict(
-        type='AdamW', lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01),
-    paramwise_cfg=dict(
-        norm_decay_mult=0., bias_decay_mult=0., dwconv_decay_mult=0.))
+        type='AdamW', lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01))
 # a linear warm-up of 1500 iterations, then poly decay to 0
 param_scheduler = [
     dict(

@@ -15,11 +15,11 @@ from mmengine.dataset import pseudo_collate
 from mmengine.model import revert_sync_batchnorm
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import DATASETS, MODELS, DefaultScope
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmcvt.analysis import count_flops
 from mmcvt.models import CvT, ExtraLevels
-from .utils import REPO, TINY, load_repo_config, load_tool
+from .utils import (REPO, TINY, is_weight_decay_free, load_repo_config,
+                    load_tool)
 
 gather_results = load_tool('analysis_tools/gather_results.py')
 get_flops = load_tool('analysis_tools/get_flops.py')
@@ -260,15 +260,6 @@ def test_the_levels_are_those_the_heads_are_built_for(path):
     else:  # Mask2Former
         assert list(head.strides) == list(strides)
         assert list(head.in_channels) == list(channels)
-
-
-def is_weight_decay_free(module, name):
-    """Norms, biases and depthwise convs: trained without weight decay."""
-    if isinstance(module, (_BatchNorm, torch.nn.LayerNorm,
-                           torch.nn.GroupNorm)) or name == 'bias':
-        return True
-    return (isinstance(module, torch.nn.Conv2d) and module.groups > 1
-            and module.groups == module.in_channels)
 
 
 @pytest.mark.parametrize('path', CONFIGS)

@@ -51,6 +51,23 @@ def pretrained_cvt(checkpoint, arch, **kwargs):
     return model.eval()
 
 
+def is_weight_decay_free(module, name):
+    """Whether ``module``'s own parameter ``name`` trains without weight
+    decay in mmcvt's configs: those of norms, biases, depthwise convs and
+    CvT's cls token."""
+    import torch
+
+    from mmcvt.models.backbones.cvt import CvTStage
+    norms = (torch.nn.BatchNorm2d, torch.nn.SyncBatchNorm, torch.nn.LayerNorm,
+             torch.nn.GroupNorm)
+    if isinstance(module, norms) or name == 'bias':
+        return True
+    if isinstance(module, CvTStage) and name == 'cls_token':
+        return True
+    return (isinstance(module, torch.nn.Conv2d) and module.groups > 1
+            and module.groups == module.in_channels)
+
+
 def relative_error(out, ref):
     """||out - ref|| / ||ref||"""
     return ((out - ref).norm() / ref.norm()).item()

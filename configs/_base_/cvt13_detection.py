@@ -23,10 +23,10 @@ cvt13_fpn = dict(
 # AdamW at lr 1e-4 for 16 images a batch (8 GPUs x 2; --auto-scale-lr
 # scales it to yours, from upstream's auto_scale_lr.base_batch_size=16); no
 # weight decay on norms, biases or depthwise convs, which is how CvT was
-# pretrained.
+# pretrained: CvTOptimWrapperConstructor (mmcvt.engine.optimizers) tells
+# them by module type, in the whole model.
 adamw_optim_wrapper = dict(
     type='OptimWrapper',
+    constructor='CvTOptimWrapperConstructor',
     optimizer=dict(
-        type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(
-        norm_decay_mult=0., bias_decay_mult=0., dwconv_decay_mult=0.))
+        type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05))

@@ -1,7 +1,7 @@
 # What the DINO, Mask2Former and Semantic FPN configs share: CvT for the
-# ADE20K ones, the learned fourth level that these heads' recipes expect, and
-# the optimizer keys that train the backbone at a tenth of the head's lr.
-# The configs take them as `_base_.<name>`, as they take those of
+# ADE20K ones, the learned fourth level that these heads' recipes expect,
+# and the optimizer options that train the backbone at a tenth of the
+# heads' lr. The configs take them as `_base_.<name>`, as they take those of
 # cvt13_detection.py.
 
 # CvT-13 as upernet_cvt13_ade20k.py has it: drop path 0.1, and the
@@ -23,40 +23,13 @@ cvt13_ade20k_backbone = dict(
 cvt13_four_levels = dict(
     type='ExtraLevels', in_channels=[64, 192, 384], extra_channels=[768])
 
-# DINO and Mask2Former train the backbone at 0.1x the lr (custom key
-# 'backbone'). mmengine gives a parameter that a custom key matches that
-# key's lr_mult and decay_mult *in place of* norm_decay_mult,
-# bias_decay_mult and dwconv_decay_mult, so that alone would decay all of
-# CvT's norms, biases and depthwise projections. The keys below, one per
-# norm, bias and projection, keep them free of weight decay at 0.1x the lr,
-# and the decay mults keep the rest of the model's free of it too, as in
-# our other configs and as CvT was pretrained; upstream's Swin configs of
-# both heads list their backbone norms the same way. The blocks are
-# CvT-21's (1/4/16 a stage), which include CvT-13's (1/2/10). The configs
-# merge this into their recipe's paramwise_cfg, whose other custom keys
-# (Mask2Former's query and level embeddings) stay.
-_block_parts_without_decay = ('norm', 'attn.conv_proj', 'attn.proj_q.bias',
-                              'attn.proj_kv.bias', 'attn.proj.bias',
-                              'ffn.layers.0.0.bias', 'ffn.layers.1.bias')
-cvt_backbone_lr_mult_paramwise_cfg = dict(
-    custom_keys={
-        'backbone': dict(lr_mult=0.1, decay_mult=1.0),
-        # the output norms, norm0 to norm2
-        'backbone.norm': dict(lr_mult=0.1, decay_mult=0.0),
-        **{
-            f'backbone.stages.{stage}.patch_embed.{part}':
-            dict(lr_mult=0.1, decay_mult=0.0)
-            for stage in range(3)
-            for part in ('norm', 'projection.bias')
-        },
-        **{
-            f'backbone.stages.{stage}.blocks.{block}.{part}':
-            dict(lr_mult=0.1, decay_mult=0.0)
-            for stage, depth in enumerate((1, 4, 16))
-            for block in range(depth)
-            for part in _block_parts_without_decay
-        },
-    },
-    norm_decay_mult=0.,
-    bias_decay_mult=0.,
-    dwconv_decay_mult=0.)
+# DINO and Mask2Former train the backbone at 0.1x the lr: backbone_lr_mult
+# of CvTOptimWrapperConstructor (mmcvt.engine.optimizers), which also keeps
+# weight decay off every norm, bias and depthwise conv of the model. It
+# replaces the recipes' options for mmengine's constructor (_delete_),
+# among them the custom key 'backbone', whose multipliers it would
+# otherwise apply on top; the Mask2Former configs add the recipe's other
+# keys back.
+cvt_backbone_tenth_lr = dict(
+    constructor='CvTOptimWrapperConstructor',
+    paramwise_cfg=dict(_delete_=True, backbone_lr_mult=0.1))

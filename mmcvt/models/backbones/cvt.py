@@ -41,6 +41,8 @@ ATTN_IMPLS = ('sdpa', 'naive')
 # what the projections' norm may be built as (build_norm_layer: BN, SyncBN)
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
                nn.SyncBatchNorm)
+# how CvT.get_layer_depth counts depths for layer-wise lr decay
+DECAY_TYPES = ('layer_wise', 'stage_wise')
 
 
 def build_conv_projection(method, in_channels, out_channels, kernel_size,
@@ -699,3 +701,61 @@ class CvT(BaseModule):
         for stage in self.stages:
             if stage.cls_token is not None:
                 nn.init.trunc_normal_(stage.cls_token, std=.02)
+
+    # ---- layer-wise lr decay -----------------------------------------------
+    def get_layer_depth(self, param_name, prefix='', decay_type='layer_wise'):
+        """The depth of a parameter for layer-wise lr decay, in MMPretrain's
+        protocol: an optimizer constructor scales the lr of a parameter at
+        ``depth`` by ``rate ** (num_layers - 1 - depth)``.
+
+        Depth 0 is the stem (stage 0's token embedding), which is decayed
+        the most; ``num_layers - 1`` is the top, whose lr is not decayed:
+        the output norms, on the maps that the neck takes, and every
+        parameter whose name does not start with ``prefix`` (necks and
+        heads). In between:
+
+        - ``'layer_wise'``: block i of the network, counted over all stages
+          from 1, is at depth i; the token embedding that opens a later
+          stage, and the cls token that joins there, are at the depth of
+          its first block, as MMDetection puts ConvNeXt's downsampling
+          layers with the stage they open. ``num_layers`` is the number of
+          blocks + 2.
+        - ``'stage_wise'``: stage s, its embedding and blocks, is at depth
+          s + 1 (the stem stays at 0). ``num_layers`` is the number of
+          stages + 2.
+
+        Args:
+            param_name (str): The parameter's name in the model, e.g.
+                ``'backbone.stages.1.blocks.0.attn.proj.weight'``.
+            prefix (str): The backbone's name in the model with its dot,
+                e.g. ``'backbone.'``; '' when the model is the backbone.
+            decay_type (str): ``'layer_wise'`` or ``'stage_wise'``.
+
+        Returns:
+            tuple[int, int]: The parameter's depth, and ``num_layers``.
+        """
+        if decay_type not in DECAY_TYPES:
+            raise ValueError(f'unknown decay_type {decay_type!r}; choose one '
+                             f'of {DECAY_TYPES}')
+        depths = [spec['depth'] for spec in self.stage_specs]
+        num_layers = (sum(depths)
+                      if decay_type == 'layer_wise' else self.num_stages) + 2
+        top = num_layers - 1
+        if not param_name.startswith(prefix):
+            return top, num_layers
+        parts = param_name[len(prefix):].split('.')
+        if parts[0] in self._out_norm_names():
+            return top, num_layers
+        if parts[0] != 'stages' or len(parts) < 3:
+            raise ValueError(f'{param_name!r} is no parameter of CvT (with '
+                             f'prefix {prefix!r})')
+        stage = int(parts[1])
+        if stage == 0 and parts[2] == 'patch_embed':
+            return 0, num_layers
+        if decay_type == 'stage_wise':
+            return stage + 1, num_layers
+        block = int(parts[3]) if parts[2] == 'blocks' else 0
+        return sum(depths[:stage]) + block + 1, num_layers
+
+    def _out_norm_names(self):
+        return [f'norm{i}' for i in self.out_indices] if self.out_norm else []
