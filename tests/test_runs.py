@@ -451,6 +451,7 @@ def amp_runner():
         optim_wrapper=AmpOptimWrapper.__new__(AmpOptimWrapper),
         message_hub=MessageHub.get_instance('amp-nan-test'),
         logger=MMLogger.get_instance('amp-nan-test'),
+        hooks=[],
         iter=0,
         epoch=0)
 
