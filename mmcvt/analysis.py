@@ -20,7 +20,7 @@ import torch
 from mmengine.config import Config
 from mmengine.hub import get_config
 from mmengine.model import revert_sync_batchnorm
-from mmengine.registry import MODELS, init_default_scope
+from mmengine.registry import DATASETS, MODELS, init_default_scope
 from torch.utils.flop_counter import (FlopCounterMode,
                                       sdpa_backward_flop_count,
                                       sdpa_flop_count)
@@ -185,6 +185,32 @@ def build_random_model(cfg):
     cfg.model.backbone.init_cfg = None
     cfg.model.pop('pretrained', None)
     return revert_sync_batchnorm(MODELS.build(cfg.model))
+
+
+def build_test_dataset(cfg):
+    """The config's test dataset, built in the config's default scope; an
+    empty one is an error that says where it looked.
+
+    It is not serialised into one array, which fails on an empty data set
+    with numpy's "need at least one array to concatenate": the
+    serialisation is for dataloader workers, which the tools that call this
+    have none of.
+
+    Raises:
+        ValueError: When the dataset holds no sample, naming its data_root,
+            ann_file and data_prefix and the option that moves them.
+    """
+    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    data = cfg.test_dataloader.dataset
+    dataset = DATASETS.build(dict(data, serialize_data=False))
+    if len(dataset) == 0:
+        raise ValueError(
+            f'the test set of {cfg.filename} is empty: {data.type} found no '
+            f'image in data_root={data.get("data_root")!r} with '
+            f'ann_file={data.get("ann_file")!r} and '
+            f'data_prefix={data.get("data_prefix")!r}. Point it at the '
+            f'data with --cfg-options test_dataloader.dataset.data_root=...')
+    return dataset
 
 
 def positive_int(text):

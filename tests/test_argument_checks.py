@@ -2,22 +2,30 @@
 bad one is an error that says what is wrong, or a non-zero exit, before a
 model is built or a result computed."""
 import json
+import os
 
 import pytest
 import torch
 
 from mmcvt import config_paths
+from mmcvt.utils.output_paths import check_output_dir, check_output_file
 from .utils import REPO, load_tool
 
 make_shapes = load_tool('misc/make_shapes_dataset.py')
 train_tool = load_tool('train.py')
 test_tool = load_tool('test.py')
+infer = load_tool('infer.py')
 show_predictions = load_tool('misc/show_predictions.py')
 benchmark_backbone = load_tool('analysis_tools/benchmark_backbone.py')
 benchmark_train_step = load_tool('analysis_tools/benchmark_train_step.py')
 get_flops = load_tool('analysis_tools/get_flops.py')
+gather_results = load_tool('analysis_tools/gather_results.py')
+resolution_sweep = load_tool('analysis_tools/resolution_sweep.py')
+export_onnx = load_tool('deployment/export_onnx.py')
+cvt2mmcvt = load_tool('model_converters/cvt2mmcvt.py')
 
 DEMO = str(REPO / 'configs/demo/maskrcnn_cvt13_shapes.py')
+SEG_DEMO = str(REPO / 'configs/demo/upernet_cvt13_shapes.py')
 
 
 def usage_error(parse_args, argv, capsys):
@@ -28,17 +36,179 @@ def usage_error(parse_args, argv, capsys):
     return capsys.readouterr().err
 
 
-# ---- tools/test.py and tools/train.py ---------------------------------------
-@pytest.mark.parametrize('out', ['existing', 'results.pkl/'])
-def test_test_out_naming_a_directory_is_an_error_before_the_test(
-        out, tmp_path):
+@pytest.fixture
+def weights(tmp_path):
+    """A file where a checkpoint is expected, for the tools whose arguments
+    are refused before they read it."""
+    path = tmp_path / 'model.pth'
+    path.write_bytes(b'')
+    return str(path)
+
+
+# ---- where the tools write: mmcvt.utils.output_paths ------------------------
+def test_an_output_folder_that_is_missing_but_can_be_made_passes_unmade(
+        tmp_path):
+    check_output_dir(tmp_path / 'a' / 'b')
+    check_output_file(tmp_path / 'c' / 'out.png')
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_folder_that_is_a_file_is_an_error(tmp_path):
+    (tmp_path / 'notes.txt').write_text('')
+    with pytest.raises(
+            NotADirectoryError,
+            match=f'the output folder {tmp_path}/notes.txt is a file, not a '
+            f'folder'):
+        check_output_dir(tmp_path / 'notes.txt')
+
+
+def test_an_output_folder_under_a_file_is_an_error_naming_the_file(tmp_path):
+    (tmp_path / 'notes.txt').write_text('')
+    with pytest.raises(
+            NotADirectoryError,
+            match=f'notes.txt/out cannot be made: {tmp_path}/notes.txt is a '
+            f'file'):
+        check_output_dir(tmp_path / 'notes.txt' / 'out')
+
+
+@pytest.mark.parametrize('path', ['/proc/mmcvt-out', '/proc/mmcvt-out/a'])
+def test_an_output_folder_that_cannot_be_made_is_an_error_saying_why(path):
+    # /proc refuses new folders even to root, whom os.access lets pass
+    with pytest.raises(
+            PermissionError,
+            match=f'{path} cannot be made: /proc refuses new folders'):
+        check_output_dir(path)
+    assert not os.path.exists('/proc/mmcvt-out')
+
+
+def test_an_output_folder_that_takes_no_files_is_an_error():
+    with pytest.raises(
+            PermissionError,
+            match='/proc/self takes no new files: /proc/self refuses'):
+        check_output_dir('/proc/self')
+
+
+def test_an_empty_output_folder_is_an_error():
+    with pytest.raises(ValueError, match='the output folder is empty'):
+        check_output_dir('')
+
+
+@pytest.mark.parametrize('name', ['existing', 'out.png/'])
+def test_an_output_file_naming_a_folder_is_an_error(name, tmp_path):
     (tmp_path / 'existing').mkdir()
-    with pytest.raises(ValueError, match='is a directory: name the .pkl'):
-        test_tool.build_config(
-            test_tool.parse_args(
-                [DEMO, 'model.pth', '--out', f'{tmp_path}/{out}']))
+    with pytest.raises(IsADirectoryError, match='is a folder: name the file'):
+        check_output_file(f'{tmp_path}/{name}')
 
 
+def test_an_output_file_under_a_file_is_an_error_naming_the_file(tmp_path):
+    (tmp_path / 'notes.txt').write_text('')
+    with pytest.raises(
+            NotADirectoryError,
+            match=f'out.png: its folder {tmp_path}/notes.txt is a file'):
+        check_output_file(tmp_path / 'notes.txt' / 'out.png')
+
+
+# Each tool that writes, given an output it cannot write: argparse's usage
+# error (exit status 2, no traceback), before the tool reads a config or
+# builds a model. In argv, {out} is the bad output, {weights} a file where a
+# checkpoint goes, {file} any file.
+WRITERS = {
+    'tools/infer.py':
+    (infer, 'folder',
+     ['{file}', DEMO, '--weights', '{weights}', '--out-dir', '{out}']),
+    'tools/test.py --out':
+    (test_tool, 'file', [DEMO, '{weights}', '--out', '{out}']),
+    'tools/test.py --show-dir':
+    (test_tool, 'folder', [DEMO, '{weights}', '--show-dir', '{out}']),
+    'export_onnx.py':
+    (export_onnx, 'file', [DEMO, '{weights}', '--out', '{out}']),
+    'resolution_sweep.py': (resolution_sweep, 'folder',
+                            [DEMO, '{weights}', '--out-dir', '{out}']),
+    'show_predictions.py': (show_predictions, 'file',
+                            [DEMO, '{weights}', '--out', '{out}']),
+    'gather_results.py': (gather_results, 'folder',
+                          ['{file}', '--out-dir', '{out}']),
+    'benchmark_backbone.py': (benchmark_backbone, 'folder',
+                              ['--out-dir', '{out}']),
+    'cvt2mmcvt.py': (cvt2mmcvt, 'file', ['{weights}', '{out}']),
+}
+# for a tool that writes into a folder, and one that writes a file: bad
+# outputs, and what the usage error says of each
+BAD_OUTPUTS = {
+    'folder': {
+        'taken': ('{file}', '{file} is a file, not a folder'),
+        'under a file': ('{file}/out', '{file} is a file, not a folder'),
+        'cannot be made': ('/proc/mmcvt/out', '/proc refuses new folders'),
+    },
+    'file': {
+        'taken': ('{tmp}/', '{tmp}/ is a folder: name the file to write'),
+        'under a file': ('{file}/out.png', '{file} is a file, not a folder'),
+        'cannot be made': ('/proc/mmcvt/out.png', '/proc refuses new folders'),
+    },
+}
+
+
+@pytest.mark.parametrize('bad', ['taken', 'under a file', 'cannot be made'])
+@pytest.mark.parametrize('tool', WRITERS)
+def test_each_tool_refuses_an_output_it_cannot_write_before_any_work(
+        tool, bad, weights, tmp_path, capsys):
+    module, kind, argv = WRITERS[tool]
+    path, message = BAD_OUTPUTS[kind][bad]
+    file = tmp_path / 'notes.png'
+    file.write_text('')
+    fill = dict(file=file, tmp=tmp_path, weights=weights)
+    fill['out'] = path.format(**fill)
+    err = usage_error(module.main, [a.format(**fill) for a in argv], capsys)
+    assert message.format(**fill) in err
+
+
+# ---- what the tools read: mmcvt.utils.input_paths ---------------------------
+@pytest.mark.parametrize('tool, argv', [
+    (export_onnx, ['{missing}', '--out', '{tmp}/m.onnx']),
+    (train_tool, ['{missing}']),
+    (test_tool, ['{missing}', '{weights}']),
+    (infer, [
+        '{weights}', '{missing}', '--weights', '{weights}', '--out-dir',
+        '{tmp}'
+    ]),
+    (show_predictions, ['{missing}', '{weights}', '--out', '{tmp}/p.png']),
+    (resolution_sweep, ['{missing}', '{weights}', '--out-dir', '{tmp}']),
+    (get_flops, ['{missing}']),
+    (benchmark_train_step, ['{missing}']),
+])
+def test_a_config_that_does_not_exist_is_a_usage_error(tool, argv, weights,
+                                                       tmp_path, capsys):
+    missing = tmp_path / 'no_such_config.py'
+    fill = dict(missing=missing, weights=weights, tmp=tmp_path)
+    err = usage_error(tool.main, [a.format(**fill) for a in argv], capsys)
+    assert f'{missing} does not exist: name a config file' in err
+
+
+def test_a_package_config_that_it_does_not_ship_is_a_usage_error(capsys):
+    err = usage_error(get_flops.main, ['mmdet::no_such/config.py'], capsys)
+    assert 'mmdet has no config no_such/config.py' in err
+
+
+def test_a_config_of_a_package_not_installed_is_refused_not_installed(capsys):
+    # mmengine's get_config would pip-install it
+    err = usage_error(get_flops.main, ['mmnothing::x/y.py'], capsys)
+    assert 'mmnothing is not installed' in err
+
+
+@pytest.mark.parametrize('tool, argv', [
+    (export_onnx, [DEMO, '{missing}', '--out', '{tmp}/m.onnx']),
+    (show_predictions, [DEMO, '{missing}', '--out', '{tmp}/p.png']),
+    (resolution_sweep, [DEMO, '{missing}', '--out-dir', '{tmp}']),
+])
+def test_a_checkpoint_that_does_not_exist_is_a_usage_error(
+        tool, argv, tmp_path, capsys):
+    missing = tmp_path / 'no_such.pth'
+    fill = dict(missing=missing, tmp=tmp_path)
+    err = usage_error(tool.main, [a.format(**fill) for a in argv], capsys)
+    assert f'{missing} does not exist: name a checkpoint file or URL' in err
+
+
+# ---- tools/test.py and tools/train.py ---------------------------------------
 def test_train_with_an_empty_work_dir_is_an_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # where an empty work dir would write
     with pytest.raises(ValueError, match='the work dir is empty'):
@@ -54,6 +224,17 @@ def test_train_with_a_file_as_work_dir_is_an_error_naming_it(tmp_path):
         train_tool.main([DEMO, '--work-dir', str(file)])
 
 
+def test_train_with_a_work_dir_under_a_file_is_an_error_naming_the_file(
+        tmp_path):
+    file = tmp_path / 'notes.txt'
+    file.write_text('')
+    with pytest.raises(
+            NotADirectoryError,
+            match=f'the work dir {file}/run cannot be made: {file} is a '
+            f'file'):
+        train_tool.main([DEMO, '--work-dir', str(file / 'run')])
+
+
 # ---- tools/misc/show_predictions.py -----------------------------------------
 @pytest.mark.parametrize('option, message', [
     (['--num', '0'], '--num must be at least 1, not 0'),
@@ -62,20 +243,13 @@ def test_train_with_a_file_as_work_dir_is_an_error_naming_it(tmp_path):
     (['--pred-score-thr', '5'], 'a score between 0 and 1, not 5.0'),
 ])
 def test_show_predictions_refuses_counts_and_scores_that_mean_nothing(
-        option, message, capsys):
+        option, message, weights, capsys):
     err = usage_error(show_predictions.parse_args,
-                      [DEMO, 'model.pth', '--out', 'pred.png', *option],
-                      capsys)
+                      [DEMO, weights, '--out', 'pred.png', *option], capsys)
     assert message in err
 
 
-def test_show_predictions_out_naming_a_directory_is_an_error(tmp_path, capsys):
-    err = usage_error(show_predictions.parse_args,
-                      [DEMO, 'model.pth', '--out', f'{tmp_path}/'], capsys)
-    assert 'is a directory: name the PNG file' in err
-
-
-def test_show_predictions_on_an_empty_test_set_is_an_error(tmp_path):
+def test_show_predictions_on_an_empty_test_set_is_an_error(tmp_path, weights):
     (tmp_path / 'annotations').mkdir()
     (tmp_path / 'annotations' / 'instances_val.json').write_text(
         json.dumps(
@@ -88,8 +262,7 @@ def test_show_predictions_on_an_empty_test_set_is_an_error(tmp_path):
                 ])))
     with pytest.raises(ValueError, match='test set of .* is empty'):
         show_predictions.main([
-            DEMO,
-            str(tmp_path / 'absent.pth'), '--out',
+            DEMO, weights, '--out',
             str(tmp_path / 'pred.png'), '--cfg-options',
             f'test_dataloader.dataset.data_root={tmp_path}/'
         ])

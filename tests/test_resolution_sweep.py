@@ -6,11 +6,12 @@ import mmcv
 import pytest
 
 from .tiny_models import save_checkpoint, write_tiny_config
-from .utils import load_tool
+from .utils import REPO, load_tool
 
 sweep = load_tool('analysis_tools/resolution_sweep.py')
 make_shapes = load_tool('misc/make_shapes_dataset.py')
 test_tool = load_tool('test.py')
+UPERNET_DEMO = REPO / 'configs/demo/upernet_cvt13_shapes.py'
 
 
 @pytest.fixture(scope='module')
@@ -89,8 +90,63 @@ def test_a_pipeline_without_resize_gets_one_before_its_annotations():
     assert scaled[1]['scale_factor'] == 1.5
 
 
-def test_a_repeated_scale_is_an_error(capsys):
-    with pytest.raises(SystemExit):
-        sweep.parse_args(
-            ['c.py', 'x.pth', '--out-dir', 'o', '--scales', '1', '1'])
-    assert 'repeats a scale' in capsys.readouterr().err
+# ---- scales and data checked before the sweep -------------------------------
+@pytest.fixture
+def weights(tmp_path):
+    """A file where the checkpoint goes: the checks come before it is read."""
+    path = tmp_path / 'model.pth'
+    path.write_bytes(b'')
+    return str(path)
+
+
+def sweep_args(weights, tmp_path, *scales, data_root=None):
+    """The sweep of the UperNet demo at ``scales``, on the data at
+    ``data_root``."""
+    argv = [
+        str(UPERNET_DEMO), weights, '--out-dir',
+        str(tmp_path / 'out'), '--scales', *scales
+    ]
+    if data_root is not None:
+        argv += [
+            '--cfg-options', f'test_dataloader.dataset.data_root={data_root}/'
+        ]
+    return argv
+
+
+def usage_error(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        sweep.parse_args(argv)
+    assert exit_.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_a_repeated_scale_is_an_error(weights, tmp_path, capsys):
+    err = usage_error(sweep_args(weights, tmp_path, '1', '1'), capsys)
+    assert 'repeats a scale' in err
+
+
+@pytest.mark.parametrize('scale', ['inf', 'nan', '0', '-1'])
+def test_a_scale_that_is_not_a_finite_positive_number_is_an_error(
+        scale, weights, tmp_path, capsys):
+    err = usage_error(sweep_args(weights, tmp_path, '1', scale), capsys)
+    assert f'{scale}: a scale must be a finite number above 0' in err
+
+
+def test_a_scale_that_leaves_no_pixel_is_an_error_before_the_sweep(
+        shapes_seg, weights, tmp_path):
+    # 0.001 of 128 pixels: OpenCV's resize asserts on a size of 0
+    with pytest.raises(
+            SystemExit,
+            match=r'--scales 0.001: the test pipeline fails on '
+            r'.*/00000.png at this scale'):
+        sweep.main(
+            sweep_args(weights, tmp_path, '1', '0.001', data_root=shapes_seg))
+    assert not (tmp_path / 'out').exists()
+
+
+def test_an_empty_test_set_is_an_error_before_the_sweep(weights, tmp_path):
+    for split in ('images', 'annotations'):
+        (tmp_path / 'empty' / split / 'validation').mkdir(parents=True)
+    with pytest.raises(ValueError, match='the test set of .* is empty'):
+        sweep.main(
+            sweep_args(weights, tmp_path, '1', data_root=tmp_path / 'empty'))

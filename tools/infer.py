@@ -39,6 +39,8 @@ from rich.progress import MofNCompleteColumn, Progress
 import mmcvt  # noqa: F401  registers CvT
 from mmcvt.engine import explain_checkpoint_mismatch
 from mmcvt.fileio import install_checkpoint_loaders
+from mmcvt.utils.input_paths import config_file
+from mmcvt.utils.output_paths import output_dir
 
 # what OpenCV decodes, as MMDetection's inferencer lists them
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif',
@@ -56,7 +58,8 @@ def parse_args(argv=None):
         'inputs',
         nargs='+',
         help='image files, video files and folders of them')
-    parser.add_argument('config', help='the model\'s config file')
+    parser.add_argument(
+        'config', type=config_file, help='the model\'s config file')
     parser.add_argument(
         '--weights',
         required=True,
@@ -65,6 +68,7 @@ def parse_args(argv=None):
     parser.add_argument(
         '--out-dir',
         required=True,
+        type=output_dir,
         help='folder to write vis/ and preds/ into')
     parser.add_argument(
         '--score-thr',

@@ -6,25 +6,30 @@ which of the two libraries runs.
     python tools/test.py CONFIG CHECKPOINT --show-dir vis --out results.pkl
 """
 import argparse
-import os
-import os.path as osp
 
 import mmcvt  # noqa: F401  registers CvT and the hooks
 from mmcvt.engine import (add_runner_arguments, build_runner, check_data_paths,
                           cpu_distributed, load_config)
+from mmcvt.utils.input_paths import config_file
+from mmcvt.utils.output_paths import output_dir, output_file
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('config', help='test config file path')
+    parser.add_argument(
+        'config', type=config_file, help='test config file path')
     parser.add_argument(
         'checkpoint',
         help='checkpoint file, loaded strictly: one that does not fit the '
         "config's model is an error naming the keys that differ")
     parser.add_argument(
-        '--out', help='dump the predictions to this pickle file')
+        '--out',
+        type=output_file,
+        help='dump the predictions to this pickle file')
     parser.add_argument(
-        '--show-dir', help='save images with predictions drawn into this dir')
+        '--show-dir',
+        type=output_dir,
+        help='save images with predictions drawn into this dir')
     parser.add_argument(
         '--tta',
         action='store_true',
@@ -57,9 +62,6 @@ def build_config(args):
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
     if args.out is not None:
         # checked here, not when the results are dumped after the test
-        if osp.isdir(args.out) or args.out.endswith(('/', os.sep)):
-            raise ValueError(f'--out {args.out} is a directory: name the '
-                             f'.pkl file to write the predictions to')
         if not args.out.endswith(('.pkl', '.pickle')):
             raise ValueError('--out must be a .pkl or .pickle file')
         cfg.test_evaluator = [

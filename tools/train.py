@@ -11,11 +11,13 @@ import argparse
 import mmcvt  # noqa: F401  registers CvT and the hooks
 from mmcvt.engine import (add_runner_arguments, build_runner, check_data_paths,
                           cpu_distributed, hold_work_dir, load_config, use_amp)
+from mmcvt.utils.input_paths import config_file
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('config', help='train config file path')
+    parser.add_argument(
+        'config', type=config_file, help='train config file path')
     parser.add_argument(
         '--amp',
         action='store_true',

@@ -14,6 +14,7 @@ from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
 from mmengine.registry import MODEL_WRAPPERS, RUNNERS
 
 from ..fileio import install_checkpoint_loaders
+from ..utils.output_paths import check_output_dir
 from .runner import StrictCheckpointRunner
 
 
@@ -47,21 +48,11 @@ def load_config(args):
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(args.config))[0])
-    _check_work_dir(cfg.work_dir)
+    # before anything is built: the Runner would write logs and checkpoints
+    # into the current directory for an empty work_dir, and fail with a bare
+    # FileExistsError on a file
+    check_output_dir(cfg.work_dir, 'the work dir')
     return cfg
-
-
-def _check_work_dir(work_dir):
-    """Before anything is built: the Runner would write logs and
-    checkpoints into the current directory for an empty work_dir, and fail
-    with a bare FileExistsError on a file."""
-    if not str(work_dir).strip():
-        raise ValueError('the work dir is empty (--work-dir ""?): name the '
-                         'directory for logs and checkpoints')
-    if osp.exists(work_dir) and not osp.isdir(work_dir):
-        raise NotADirectoryError(
-            f'the work dir {work_dir} is a file, not a directory: name '
-            f'another one with --work-dir')
 
 
 def use_amp(cfg):

@@ -36,6 +36,7 @@ import sys
 import torch
 
 from mmcvt.analysis import PeakMemory, image_size, median_latency, positive_int
+from mmcvt.utils.output_paths import output_dir
 
 RESULT_MARK = 'BENCHMARK-RESULT '
 
@@ -267,7 +268,8 @@ def parse_args(argv=None):
         help='address space allowed to one CPU case, so that a case that '
         'needs more fails with an allocation error instead of bringing the '
         'machine down (default: 90%% of RAM)')
-    parser.add_argument('--out-dir', default='work_dirs/benchmark_backbone')
+    parser.add_argument(
+        '--out-dir', default='work_dirs/benchmark_backbone', type=output_dir)
     parser.add_argument('--case', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.warmup < 0:

@@ -26,6 +26,7 @@ import mmcvt  # noqa: F401  registers CvT
 from mmcvt.analysis import (PeakMemory, build_random_model, config_from,
                             median_latency, positive_int)
 from mmcvt.engine import use_amp
+from mmcvt.utils.input_paths import config_name
 
 
 def parse_args(argv=None):
@@ -34,7 +35,10 @@ def parse_args(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split('\n\n', 2)[2])
     parser.add_argument(
-        'configs', nargs='+', help='config files, or mmdet::/mmseg:: configs')
+        'configs',
+        nargs='+',
+        type=config_name,
+        help='config files, or mmdet::/mmseg:: configs')
     parser.add_argument(
         '--shape',
         type=positive_int,

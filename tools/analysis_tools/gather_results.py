@@ -29,9 +29,17 @@ last line of a scalars.json cut off mid-line is skipped with a warning. A
 metric that is no finite number (NaN, a string) is flagged in its cell and
 left out of the metafile. Every error names the file it is about.
 
+A latest training run that mmcvt's StopOnNonFiniteLossHook stopped is
+marked as stopped, where and why, in its row and in its metafile entry
+(``Metadata: Training``), which then names as ``Weights`` only a checkpoint
+that a test run tested, not the last one saved before the stop. Work dirs
+of the same config are told apart by their paths, in the rows and in the
+metafile's entry names, which stay unique.
+
 It writes ``results.md`` (the tables) and ``metafile.yml`` into --out-dir.
 """
 import argparse
+import collections
 import copy
 import functools
 import importlib.util
@@ -43,6 +51,8 @@ from pathlib import Path
 
 import yaml
 from mmengine.config import Config
+
+from mmcvt.utils.output_paths import output_dir
 
 REPO = Path(__file__).resolve().parents[2]
 # how the Runner names a run's directory: its start time
@@ -58,6 +68,11 @@ COLLECTION = dict(
     README='README.md')
 # the names the model zoos give the data sets of these dataset types
 DATASET_NAMES = {'CocoDataset': 'COCO', 'ADE20KDataset': 'ADE20K'}
+# the line that mmcvt.engine.StopOnNonFiniteLossHook logs as it stops a run
+# (tests/test_gather_results.py has the hook write it); under AMP it warns
+# of skipped steps with another
+STOPPED = re.compile(r'non-finite loss at (iteration \d+ \(epoch [^)]*\)): '
+                     r'[^\n]*Training stopped')
 
 
 class NotARun(Exception):
@@ -200,14 +215,28 @@ class WorkDir:
         run = self.train_runs[-1]
         return run / f'{run.name}.log'
 
+    @functools.cached_property
+    def stopped(self):
+        """Where the non-finite-loss guard stopped the latest training run
+        (``'iteration 6 (epoch 2)'``), or None."""
+        log = self.training_log
+        if log is None or not log.is_file():
+            return None
+        found = STOPPED.search(log.read_text(errors='replace'))
+        return found[1] if found else None
+
     @property
     def weights(self):
-        """The checkpoint tested, or else the last one saved."""
+        """The checkpoint tested, or else the last one saved, unless
+        training stopped: that one is from before the stop, and no test
+        tested it."""
         _, cfg, _ = self.latest_test(tta=False)
         if cfg is not None and cfg.get('load_from'):
             return cfg.load_from
         last = self.path / 'last_checkpoint'
-        return last.read_text().strip() if last.is_file() else None
+        if self.stopped or not last.is_file():
+            return None
+        return last.read_text().strip()
 
     @property
     def dataset(self):
@@ -309,8 +338,9 @@ def load_get_flops():
     return module
 
 
-def gather(work_dir, count_complexity):
-    """One model: its table row's cells and its metafile entry."""
+def gather(work_dir, count_complexity, where=''):
+    """One model: its table row's cells and its metafile entry, named by
+    its config and ``where`` (see :func:`where_from`)."""
     table = TABLES[work_dir.scope]
     metrics = table['metrics'](work_dir)
     # a copy: counting builds the model without its pretrained weights
@@ -320,6 +350,9 @@ def gather(work_dir, count_complexity):
     memory = work_dir.peak_memory_mb
 
     metadata = dict(work_dir.schedule)
+    if work_dir.stopped:
+        metadata['Training'] = (f'stopped by a non-finite loss at '
+                                f'{work_dir.stopped}')
     if memory is not None:
         metadata['Training Memory (GB)'] = round(memory / 1024, 1)
     if complexity:
@@ -327,7 +360,7 @@ def gather(work_dir, count_complexity):
         metadata['FLOPs'] = int(complexity['macs'])  # multiply-adds
     model = {
         'Name':
-        work_dir.name,
+        work_dir.name + where,
         'In Collection':
         COLLECTION['Name'],
         'Config':
@@ -346,7 +379,10 @@ def gather(work_dir, count_complexity):
     def cell(value, form='{}'):
         return NOT_MEASURED if value is None else form.format(value)
 
-    row = [f'`{work_dir.name}.py`']
+    row = [f'`{work_dir.name}.py`{where}']
+    if work_dir.stopped:
+        row[0] += f', training stopped at {work_dir.stopped}: non-finite loss'
+
     row += [cell(value) for value in metrics.values()]
     row += [
         cell(complexity and complexity['params'] / 1e6, '{:.2f} M'),
@@ -373,6 +409,7 @@ def parse_args(argv=None):
     parser.add_argument(
         '--out-dir',
         default='.',
+        type=output_dir,
         help='where to write results.md and metafile.yml')
     parser.add_argument(
         '--skip-flops',
@@ -381,17 +418,15 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    out_dir = Path(args.out_dir)
-    if out_dir.exists() and not out_dir.is_dir():  # before any work
-        raise SystemExit(f'--out-dir {out_dir} is a file: name a directory '
-                         f'to write results.md and metafile.yml into')
-    count_complexity = (None
-                        if args.skip_flops else load_get_flops().complexity)
-    rows = {scope: [] for scope in TABLES}
-    models = []
-    for path in args.work_dirs:
+def read_work_dirs(paths):
+    """The work dirs of runs among ``paths``, each once, in their order;
+    the others are skipped with a message that says why."""
+    work_dirs, seen = [], set()
+    for path in paths:
+        if Path(path).resolve() in seen:
+            print(f'skipped: {path}, given twice', file=sys.stderr)
+            continue
+        seen.add(Path(path).resolve())
         try:
             work_dir = WorkDir(path)
         except NotARun as e:
@@ -403,7 +438,31 @@ def main(argv=None):
                 f'neither of {list(TABLES)}',
                 file=sys.stderr)
             continue
-        row, model = gather(work_dir, count_complexity)
+        work_dirs.append(work_dir)
+    return work_dirs
+
+
+def where_from(work_dirs):
+    """What tells apart the rows and metafile entries of work dirs of one
+    config, which would share its name: their paths, `` [PATH]``; nothing
+    for a config of one work dir."""
+    counts = collections.Counter(work_dir.name for work_dir in work_dirs)
+    return [
+        f' [{work_dir.path}]' if counts[work_dir.name] > 1 else ''
+        for work_dir in work_dirs
+    ]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out_dir = Path(args.out_dir)
+    count_complexity = (None
+                        if args.skip_flops else load_get_flops().complexity)
+    rows = {scope: [] for scope in TABLES}
+    models = []
+    work_dirs = read_work_dirs(args.work_dirs)
+    for work_dir, where in zip(work_dirs, where_from(work_dirs)):
+        row, model = gather(work_dir, count_complexity, where)
         rows[work_dir.scope].append(row)
         models.append(model)
     if not models:

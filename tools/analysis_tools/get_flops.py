@@ -20,6 +20,7 @@ from mmengine.config import DictAction
 import mmcvt  # noqa: F401  registers CvT
 from mmcvt.analysis import (build_random_model, config_from, count_flops,
                             positive_int)
+from mmcvt.utils.input_paths import config_name
 
 # (height, width) each library's model zoo counts at
 ZOO_SHAPES = {'mmdet': (1280, 800), 'mmseg': (512, 512)}
@@ -31,7 +32,9 @@ def parse_args(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split('\n\n', 2)[2])
     parser.add_argument(
-        'config', help='a config file, or mmdet::/mmseg:: and a config path')
+        'config',
+        type=config_name,
+        help='a config file, or mmdet::/mmseg:: and a config path')
     parser.add_argument(
         '--shape',
         type=positive_int,

@@ -21,6 +21,7 @@ import argparse
 import copy
 import ctypes
 import json
+import math
 import os.path as osp
 import sys
 import tempfile
@@ -30,12 +31,15 @@ import matplotlib
 import mmengine
 import torch
 from mmengine.config import Config, DictAction
-from mmengine.dataset import pseudo_collate
+from mmengine.dataset import Compose, pseudo_collate
 
 import mmcvt  # noqa: F401  registers CvT, the runner and its hooks
-from mmcvt.analysis import PeakMemory, median_latency, positive_int
+from mmcvt.analysis import (PeakMemory, build_test_dataset, median_latency,
+                            positive_int)
 from mmcvt.engine import build_runner, check_data_paths
 from mmcvt.fileio import install_checkpoint_loaders
+from mmcvt.utils.input_paths import checkpoint_path, config_file
+from mmcvt.utils.output_paths import output_dir
 
 matplotlib.use('Agg')  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -48,9 +52,11 @@ RESIZES = ('Resize', 'mmdet.Resize', 'mmseg.Resize', 'mmcv.Resize')
 
 
 def positive_float(text):
+    """argparse type: a finite float above 0."""
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f'{text}: a scale must be above 0')
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(
+            f'{text}: a scale must be a finite number above 0')
     return value
 
 
@@ -59,10 +65,11 @@ def parse_args(argv=None):
         description=__doc__.split('\n\n')[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split('\n\n', 1)[1])
-    parser.add_argument('config')
+    parser.add_argument('config', type=config_file)
     parser.add_argument(
-        'checkpoint', help='loaded strictly, as by '
-        'tools/test.py')
+        'checkpoint',
+        type=checkpoint_path,
+        help='loaded strictly, as by tools/test.py')
     parser.add_argument(
         '--scales',
         type=positive_float,
@@ -70,7 +77,7 @@ def parse_args(argv=None):
         default=[0.5, 0.75, 1., 1.5, 2.],
         help='factors of the test size (default 0.5 0.75 1 '
         '1.5 2)')
-    parser.add_argument('--out-dir', required=True)
+    parser.add_argument('--out-dir', required=True, type=output_dir)
     parser.add_argument(
         '--metric',
         nargs='+',
@@ -127,6 +134,35 @@ def scaled_pipeline(pipeline, scale):
     return pipeline
 
 
+def pipeline_dataset(cfg):
+    """The config of the test dataset that holds the pipeline, inside the
+    wrappers (RepeatDataset and such) if any."""
+    dataset = cfg.test_dataloader.dataset
+    while 'pipeline' not in dataset:
+        dataset = dataset.dataset
+    return dataset
+
+
+def check_scales(cfg, scales):
+    """Runs the test pipeline, scaled, on the first test image at each
+    scale, before the sweep: a scale at which it fails, such as one that
+    leaves the image no pixel (OpenCV's resize asserts) or more than memory
+    holds, is an error naming the scale and the image, not a failure
+    minutes into the sweep. An empty test set is an error too (see
+    :func:`build_test_dataset`)."""
+    first = build_test_dataset(cfg).get_data_info(0)
+    pipeline = pipeline_dataset(cfg).pipeline
+    for scale in scales:
+        try:
+            Compose(scaled_pipeline(pipeline, scale))(copy.deepcopy(first))
+        except Exception as error:  # the transforms' own, whatever they are
+            raise SystemExit(
+                f'error: --scales {scale:g}: the test pipeline fails on '
+                f'{first.get("img_path")} at this scale: '
+                f'{str(error).strip()}. Give scales at which the images '
+                f'keep at least a pixel a side and fit in memory') from None
+
+
 def release_cached_heap(device):
     """On the CPU, hands the heap that malloc keeps from earlier work back
     to the OS, so that the resident set grows with what the next forward
@@ -153,9 +189,7 @@ def evaluate_at_scale(cfg, checkpoint, scale, work_dir, warmup, repeat):
     """The metrics at ``scale``, and one image's size, latency (s) and the
     peak memory its forward adds (MiB)."""
     cfg = copy.deepcopy(cfg)
-    dataset = cfg.test_dataloader.dataset
-    while 'pipeline' not in dataset:  # wrappers (RepeatDataset and such)
-        dataset = dataset.dataset
+    dataset = pipeline_dataset(cfg)
     dataset.pipeline = scaled_pipeline(dataset.pipeline, scale)
     cfg.load_from = checkpoint
     cfg.work_dir = work_dir
@@ -253,9 +287,7 @@ def main(argv=None):
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     check_data_paths(cfg, ('test', ))
-    if not osp.isfile(args.checkpoint):
-        raise FileNotFoundError(f'checkpoint {args.checkpoint} does not '
-                                f'exist')
+    check_scales(cfg, args.scales)
     rows = []
     with tempfile.TemporaryDirectory() as work_dir:
         for scale in sorted(args.scales):

@@ -34,6 +34,8 @@ from mmcvt.deployment.onnx_export import (DYNAMIC_AXES, PARTS, default_part,
                                           verify, whole_model_problem)
 from mmcvt.engine import explain_checkpoint_mismatch
 from mmcvt.fileio import install_checkpoint_loaders
+from mmcvt.utils.input_paths import checkpoint_path, config_name
+from mmcvt.utils.output_paths import output_file
 
 EXAMPLE_BATCH = 2  # not 1: the exporter may fix a size that is 1
 
@@ -53,13 +55,17 @@ def parse_args(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split('\n\n', 1)[1])
     parser.add_argument(
-        'config', help='a config file, or mmdet::/mmseg:: and a config path')
+        'config',
+        type=config_name,
+        help='a config file, or mmdet::/mmseg:: and a config path')
     parser.add_argument(
         'checkpoint',
         nargs='?',
+        type=checkpoint_path,
         help='loaded strictly; without it the graph has the config\'s random '
         'initial weights, which only tries the export')
-    parser.add_argument('--out', required=True, help='the .onnx file')
+    parser.add_argument(
+        '--out', required=True, type=output_file, help='the .onnx file')
     parser.add_argument(
         '--part',
         choices=PARTS,

@@ -7,7 +7,6 @@ the ground truth beside each, through the config's own visualizer
 import argparse
 import inspect
 import math
-import os
 import os.path as osp
 import tempfile
 
@@ -16,11 +15,14 @@ import numpy as np
 import torch
 from mmengine.config import Config, DictAction
 from mmengine.dataset import pseudo_collate
-from mmengine.registry import DATASETS, MODELS, VISUALIZERS, init_default_scope
+from mmengine.registry import MODELS, VISUALIZERS, init_default_scope
 
 import mmcvt  # noqa: F401  registers CvT and the hooks
+from mmcvt.analysis import build_test_dataset
 from mmcvt.engine import load_checkpoint_strictly
 from mmcvt.fileio import install_checkpoint_loaders
+from mmcvt.utils.input_paths import checkpoint_path, config_file
+from mmcvt.utils.output_paths import output_file
 
 # what mmcv.imwrite (OpenCV) writes, told by the extension
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
@@ -28,12 +30,14 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('config')
+    parser.add_argument('config', type=config_file)
     parser.add_argument(
         'checkpoint',
+        type=checkpoint_path,
         help='loaded strictly: one that does not fit the config\'s model is '
         'an error naming the keys that differ')
-    parser.add_argument('--out', required=True, help='PNG file to write')
+    parser.add_argument(
+        '--out', required=True, type=output_file, help='PNG file to write')
     parser.add_argument(
         '--num',
         type=int,
@@ -60,9 +64,6 @@ def parse_args(argv=None):
     if not 0 <= args.pred_score_thr <= 1:
         parser.error(f'--pred-score-thr is a score between 0 and 1, not '
                      f'{args.pred_score_thr}')
-    if osp.isdir(args.out) or args.out.endswith(('/', os.sep)):
-        parser.error(f'--out {args.out} is a directory: name the PNG file '
-                     f'to write')
     if osp.splitext(args.out)[1].lower() not in IMAGE_EXTENSIONS:
         parser.error(f'--out {args.out}: name an image file, one of '
                      f'{", ".join(IMAGE_EXTENSIONS)}')
@@ -84,19 +85,7 @@ def tile(images, columns):
 def predict(cfg, checkpoint, num):
     """The first ``num`` test samples, or all if there are fewer, with their
     predictions."""
-    # not serialised into one array, which fails on an empty data set with
-    # numpy's "need at least one array to concatenate"; the serialisation
-    # is for dataloader workers, which this tool has none of
-    dataset = DATASETS.build(
-        dict(cfg.test_dataloader.dataset, serialize_data=False))
-    if len(dataset) == 0:
-        data = cfg.test_dataloader.dataset
-        raise ValueError(
-            f'the test set of {cfg.filename} is empty: {data.type} found no '
-            f'image in data_root={data.get("data_root")!r} with '
-            f'ann_file={data.get("ann_file")!r} and '
-            f'data_prefix={data.get("data_prefix")!r}. Point it at the '
-            f'data with --cfg-options test_dataloader.dataset.data_root=...')
+    dataset = build_test_dataset(cfg)
     model = MODELS.build(cfg.model)
     load_checkpoint_strictly(model, checkpoint)
     model.eval()

@@ -20,6 +20,7 @@ from mmcvt.fileio.checkpoint_loader import HF_WEIGHTS_NAMES
 from mmcvt.models import CvT, parse_arch
 from mmcvt.models.backbones.cvt_checkpoint import (BN_BUFFERS, fit_state_dict,
                                                    load_cvt_state_dict)
+from mmcvt.utils.output_paths import output_file
 
 
 def parse_args(argv=None):
@@ -28,7 +29,7 @@ def parse_args(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split('\n\n', 2)[2])
     parser.add_argument('src', help='checkpoint to convert')
-    parser.add_argument('dst', help='file to write')
+    parser.add_argument('dst', type=output_file, help='file to write')
     parser.add_argument(
         '--arch',
         help="a preset ('13', '21', 'w24') or a JSON arch dict; by default "

@@ -1,0 +1,33 @@
+"""argparse types made from checks, so that a tool refuses a bad argument
+with a usage error, before it does any work."""
+import argparse
+
+
+def argument_type(check, name, doc):
+    """An argparse type that runs ``check(text, what='')`` on the argument
+    and turns the ValueError or OSError it raises into a usage error:
+    argparse prints the message, and the usage, without a traceback.
+
+    Args:
+        check (Callable): Raises on a bad argument; ``what=''`` asks for
+            messages that start with the argument itself, as argparse puts
+            the option's name before them.
+        name (str): The type's name, which argparse shows in its messages.
+        doc (str): Its docstring.
+    """
+
+    def checked(text):
+        try:
+            check(text, what='')
+        except (ValueError, OSError) as error:
+            raise argparse.ArgumentTypeError(str(error))
+        return text
+
+    checked.__name__ = checked.__qualname__ = name
+    checked.__doc__ = doc
+    return checked
+
+
+def named(what, path):
+    """How a check's message names the path: ``what`` before it, if any."""
+    return f'{what} {path}' if what else str(path)
