@@ -15,12 +15,18 @@ model = dict(
     # level of 768 channels in place of C5, and the recipe's ChannelMapper,
     # unchanged but for its inputs, adds 64 on it.
     backbone=dict(_base_.cvt13_backbone, _delete_=True, out_indices=(1, 2)),
+    # DINO selects its num_queries among the encoder's tokens: an image
+    # whose levels hold fewer is an error that says so (see ExtraLevels),
+    # naming the smallest square image that holds them, 203x203 (910
+    # tokens), as tests/test_dense_prediction_heads.py finds it
     neck=dict(
         _delete_=True,
         type='ExtraLevels',
         in_channels=[192, 384],
         extra_channels=[768],
-        neck=dict(_base_.model.neck, in_channels=[192, 384, 768])))
+        neck=dict(_base_.model.neck, in_channels=[192, 384, 768]),
+        min_tokens=_base_.model.num_queries,
+        min_input_size=203))
 
 # DINO's AdamW, as upstream trains Swin-L with it: lr 1e-4 with the
 # backbone at 0.1x, weight decay 1e-4 (the DETR recipes' value, for the

@@ -3,7 +3,6 @@ gives their heads four levels from CvT's three stages, the shipped configs
 on the built-in shapes data, and that each model learns."""
 import copy
 import importlib.abc
-import json
 import sys
 from pathlib import Path
 
@@ -18,8 +17,8 @@ from mmengine.registry import DATASETS, MODELS, DefaultScope
 
 from mmcvt.analysis import count_flops
 from mmcvt.models import CvT, ExtraLevels
-from .utils import (REPO, TINY, is_weight_decay_free, load_repo_config,
-                    load_tool)
+from .utils import (REPO, TINY, fake_test_run, is_weight_decay_free,
+                    load_repo_config, load_tool, write_config)
 
 gather_results = load_tool('analysis_tools/gather_results.py')
 get_flops = load_tool('analysis_tools/get_flops.py')
@@ -192,6 +191,36 @@ def test_extra_channels_must_be_a_list_of_positive_ints(channels):
         ExtraLevels([16, 32, 48], channels)
 
 
+def test_levels_with_fewer_tokens_than_min_tokens_are_an_error_naming_them():
+    neck = ExtraLevels([16], [32], min_tokens=21, min_input_size=70)
+    with pytest.raises(
+            ValueError,
+            match=r'the 2 levels hold 20 tokens for this input \(4x4 \+ '
+            r'2x2\), fewer than the 21 that the head selects among them.* '
+            r'at least 70x70'):
+        neck([torch.rand(1, 16, 4, 4)])
+    neck.min_tokens = 20
+    assert len(neck([torch.rand(1, 16, 4, 4)])) == 2
+
+
+def test_dino_config_names_the_least_input_size_that_holds_its_queries():
+    # its backbone and neck as the config builds them: at the size the
+    # config names as the least, and one pixel less
+    cfg = load_repo_config(DINO)
+    cfg.model.backbone.init_cfg = None
+    backbone, neck = (
+        MODELS.build(cfg.model[part]).eval() for part in ('backbone', 'neck'))
+    assert neck.min_tokens == cfg.model.num_queries
+    side = neck.min_input_size
+    with torch.no_grad():
+        neck(backbone(torch.rand(1, 3, side, side)))
+        with pytest.raises(
+                ValueError,
+                match=f'fewer than the {cfg.model.num_queries} .* at least '
+                f'{side}x{side}'):
+            neck(backbone(torch.rand(1, 3, side - 1, side - 1)))
+
+
 # ---- the shipped configs ----------------------------------------------------
 class RecordImports(importlib.abc.MetaPathFinder):
     """Records the imports of a package that are attempted while it is on
@@ -237,13 +266,16 @@ def shipped(request):
 @pytest.mark.slow
 def test_a_config_gives_its_head_the_levels_of_its_recipe(shipped):
     path, cfg, model, *_ = shipped
+    # DINO's levels must hold its 900 queries (see ExtraLevels)
+    height, width = (211, 237) if cvt13_config_of(path) == DINO else (67, 93)
     model.eval()
     with torch.no_grad():
-        levels = model.extract_feat(torch.rand(1, 3, 67, 93))
+        levels = model.extract_feat(torch.rand(1, 3, height, width))
     model.train()
-    assert [tuple(level.shape[1:]) for level in levels
-            ] == [(channels, level_size(67, stride), level_size(93, stride))
-                  for stride, channels in LEVELS[cvt13_config_of(path)]]
+    assert [tuple(level.shape[1:]) for level in levels] == [
+        (channels, level_size(height, stride), level_size(width, stride))
+        for stride, channels in LEVELS[cvt13_config_of(path)]
+    ]
 
 
 @pytest.mark.parametrize('path', CONFIGS)
@@ -377,13 +409,17 @@ def test_the_heads_keep_their_recipes_clipping_and_embedding_decay():
 # move, fail it. The CvT-21 twins share their CvT-13 config's head.
 def tiny_dino(model):
     model.backbone.arch = TINY
-    model.neck.update(in_channels=[32, 48], extra_channels=[96])
     model.neck.neck.in_channels = [32, 48, 96]
     model.bbox_head.num_classes = 3
     # 100 queries of 900: the 128x128 images give the encoder 340 tokens to
     # select queries from; and, for the CPU, 2 encoder and 2 decoder layers
     # of 6 (a test of learning, not of the recipe's depth)
     model.num_queries = 100
+    model.neck.update(
+        in_channels=[32, 48],
+        extra_channels=[96],
+        min_tokens=100,
+        min_input_size=None)
     model.encoder.num_layers = model.decoder.num_layers = 2
 
 
@@ -479,20 +515,6 @@ REPORTED = {
     },
 }
 REPORTED_TTA = {MASK2FORMER_ADE: {'mIoU': 48.93, 'aAcc': 82.8}}
-
-
-def write_config(cfg, path):
-    """The config as a Python file, as the Runner dumps it, without the
-    formatting that costs Config.dump seconds a config."""
-    path.write_text(''.join(f'{key} = {value!r}\n'
-                            for key, value in cfg.to_dict().items()))
-
-
-def fake_test_run(work_dir, timestamp, cfg, metrics):
-    run = work_dir / timestamp
-    (run / 'vis_data').mkdir(parents=True)
-    write_config(cfg, run / 'vis_data' / 'config.py')
-    (run / f'{timestamp}.json').write_text(json.dumps(metrics))
 
 
 def work_dir_of_a_test_run(root, path):

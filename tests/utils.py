@@ -1,10 +1,14 @@
 import importlib.metadata
 import importlib.util
+import json
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,6 +42,27 @@ TWO_STAGES = dict(
     patch_sizes=[7, 3],
     patch_strides=[4, 2],
     patch_paddings=[2, 1])
+
+
+class Interrupted(Exception):
+    """What :class:`InterruptAtIteration` raises."""
+
+
+@HOOKS.register_module(force=True)
+class InterruptAtIteration(Hook):
+    """Stops training as a kill would, right after the given iteration
+    (counted from 1), before anything the Runner does after it."""
+
+    def __init__(self, iteration):
+        self.iteration = iteration
+
+    def after_train_iter(self,
+                         runner,
+                         batch_idx,
+                         data_batch=None,
+                         outputs=None):
+        if runner.iter + 1 == self.iteration:
+            raise Interrupted
 
 
 def pretrained_cvt(checkpoint, arch, **kwargs):
@@ -202,3 +227,32 @@ def run_fresh(script, *args):
                             cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
+
+
+# ---- work dirs laid out as the Runner lays them out -------------------------
+def write_config(cfg, path):
+    """The config as a Python file, as the Runner dumps it, without the
+    formatting that costs Config.dump seconds a config."""
+    path.write_text(''.join(f'{key} = {value!r}\n'
+                            for key, value in cfg.to_dict().items()))
+
+
+def fake_test_run(work_dir, timestamp, cfg, metrics):
+    """The directory of a tools/test.py run: its config and metrics."""
+    run = work_dir / timestamp
+    (run / 'vis_data').mkdir(parents=True)
+    write_config(cfg, run / 'vis_data' / 'config.py')
+    (run / f'{timestamp}.json').write_text(json.dumps(metrics))
+    return run
+
+
+def fake_train_run(work_dir, timestamp, cfg, scalars, log=''):
+    """The directory of a tools/train.py run: its config, the scalars its
+    LocalVisBackend logged (a list of dicts) and its log's text."""
+    run = work_dir / timestamp
+    (run / 'vis_data').mkdir(parents=True)
+    write_config(cfg, run / 'vis_data' / 'config.py')
+    (run / 'vis_data' / 'scalars.json').write_text(''.join(
+        json.dumps(line) + '\n' for line in scalars))
+    (run / f'{timestamp}.log').write_text(log)
+    return run

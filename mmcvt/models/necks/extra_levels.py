@@ -11,6 +11,7 @@ theirs, but before the neck, and then hands the extended pyramid to the
 neck that the head's recipe has (FPN, ChannelMapper), or straight to the
 head where the recipe has none (Mask2Former).
 """
+import torch
 from mmcv.cnn import ConvModule
 from mmengine.model import BaseModule, ModuleList
 from mmengine.registry import MODELS
@@ -42,6 +43,14 @@ class ExtraLevels(BaseModule):
             returned in their place. Its ``in_channels``, if the config
             gives them, must be ``in_channels + extra_channels``; if not,
             they are set to that.
+        min_tokens (int, optional): The fewest tokens (the sum of H x W
+            over the maps it returns) that an input must give: a head that
+            selects that many of them, as DINO selects its ``num_queries``,
+            fails on fewer with torch's "selected index k out of range".
+            Fewer are an error that says so. None checks nothing.
+        min_input_size (int, optional): The side of the smallest square
+            image that gives ``min_tokens`` with the config's backbone, for
+            the error to name; the model cannot compute it.
         init_cfg (dict | list[dict], optional): mmengine's initialisation
             of this module; the convolutions start as mmcv's ConvModule
             initialises them (Kaiming), the inner neck as its own class
@@ -60,8 +69,12 @@ class ExtraLevels(BaseModule):
                  extra_channels,
                  norm_cfg=dict(type='GN', num_groups=32),
                  neck=None,
+                 min_tokens=None,
+                 min_input_size=None,
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
+        self.min_tokens = min_tokens
+        self.min_input_size = min_input_size
         self.in_channels = _channel_list('in_channels', in_channels)
         self.extra_channels = _channel_list('extra_channels', extra_channels)
         self.out_channels = self.in_channels + self.extra_channels
@@ -112,9 +125,32 @@ class ExtraLevels(BaseModule):
         levels = list(inputs)
         for conv in self.extra_convs:
             levels.append(conv(levels[-1]))
-        if self.neck is not None:
-            return self.neck(tuple(levels))
-        return tuple(levels)
+        outputs = tuple(levels) if self.neck is None else self.neck(
+            tuple(levels))
+        self._check_tokens(outputs)
+        return outputs
+
+    def _check_tokens(self, outputs):
+        # not while tracing (torch.compile, ONNX export), where the sizes
+        # are symbolic and the check would only add a guard
+        if (self.min_tokens is None or torch.compiler.is_compiling()
+                or torch.jit.is_tracing()):
+            return
+        sizes = [tuple(x.shape[2:]) for x in outputs]
+        tokens = sum(h * w for h, w in sizes)
+        if tokens >= self.min_tokens:
+            return
+        needed = ('' if self.min_input_size is None else
+                  f' This model needs images of at least '
+                  f'{self.min_input_size}x{self.min_input_size} (or as many '
+                  f'tokens): resize or pad smaller ones to that, e.g. in the '
+                  f"test pipeline's Resize, or with --shape for the "
+                  f'benchmark tools.')
+        raise ValueError(
+            f'the {len(sizes)} levels hold {tokens} tokens for this input '
+            f'({" + ".join(f"{h}x{w}" for h, w in sizes)}), fewer than the '
+            f"{self.min_tokens} that the head selects among them (DINO's "
+            f"num_queries, ExtraLevels' min_tokens).{needed}")
 
 
 def _channel_list(name, value):
