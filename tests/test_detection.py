@@ -12,7 +12,7 @@ from mmengine.registry import DATASETS, HOOKS, MODELS
 
 from mmcvt.fileio import load_from_local_file
 from mmcvt.models import CvT
-from .utils import (REPO, dist_train, load_repo_config, load_tool,
+from .utils import (REPO, Interrupted, dist_train, load_repo_config, load_tool,
                     predictions_png_cells, run_fresh,
                     save_untrained_checkpoint, shapes_options)
 
@@ -322,26 +322,6 @@ def test_a_checkpoint_of_another_model_stops_the_tool_naming_the_keys(
 
 
 # ---- resuming an interrupted run --------------------------------------------
-class Interrupted(Exception):
-    pass
-
-
-@HOOKS.register_module(force=True)
-class InterruptAfterIter(Hook):
-    """Stops training as a crash would, after a given iteration."""
-
-    def __init__(self, after_iter):
-        self.after_iter = after_iter
-
-    def after_train_iter(self,
-                         runner,
-                         batch_idx,
-                         data_batch=None,
-                         outputs=None):
-        if runner.iter + 1 == self.after_iter:
-            raise Interrupted
-
-
 @HOOKS.register_module(force=True)
 class RecordResumedState(Hook):
     """Records where training starts and the optimizer state it starts with."""
@@ -371,7 +351,7 @@ def test_resume_continues_an_interrupted_run_from_its_last_checkpoint(
     two_epochs = {'train_cfg.max_epochs': '2'}  # of 4 iterations each
     interrupted = demo_with_hooks(
         tmp_path, 'interrupted',
-        [dict(type='InterruptAfterIter', after_iter=6)])
+        [dict(type='InterruptAtIteration', iteration=6)])
     with pytest.raises(Interrupted):
         train_tool.main(
             [interrupted] +

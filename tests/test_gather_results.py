@@ -1,13 +1,17 @@
 """tools/analysis_tools/gather_results.py on the work dirs of short runs of
 the shapes demos: what it writes must be what the runs reported."""
-import json
+import math
 import shutil
-from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
+from mmengine.config import Config
+from mmengine.logging import MessageHub, MMLogger
+from mmengine.optim import AmpOptimWrapper
 
-from .utils import REPO, load_tool
+from mmcvt.engine import NonFiniteLossError, StopOnNonFiniteLossHook
+from .utils import REPO, fake_test_run, fake_train_run, load_tool, write_config
 
 make_shapes = load_tool('misc/make_shapes_dataset.py')
 train_tool = load_tool('train.py')
@@ -189,19 +193,39 @@ def test_params_and_flops_are_get_flops_counts(segmentation_run, tmp_path):
     assert metadata['FLOPs'] == int(counted['macs'])
 
 
-def test_a_run_without_a_test_or_memory_is_not_measured(
-        detection_run, tmp_path):
-    work_dir, _ = detection_run
-    # the work dir as training left it: without the test run's directory,
-    # which holds <timestamp>/<timestamp>.json
-    train_only = shutil.copytree(
-        work_dir,
-        tmp_path / 'maskrcnn_cvt13_shapes',
-        ignore=lambda parent, names: [
-            name for name in names
-            if (Path(parent) / name / f'{name}.json').is_file()
-        ])
-    rows, models = gather(tmp_path, train_only)
+# ---- work dirs laid out as the Runner lays them out -------------------------
+# The demo's work dir after a training run of one epoch and a test run of
+# its checkpoint, with made-up values: what the tests below change, as a
+# killed or stopped run, another work dir, or a GPU would have left it. The
+# slow tests above read the work dirs of real runs.
+REPORTED = {'coco/bbox_mAP': 0.412, 'coco/segm_mAP': 0.388}
+TRAIN_LINE = dict(lr=2e-4, loss=2.5, loss_rpn_cls=0.69, epoch=1, iter=1)
+TRAINED, TESTED = '20250101_000000', '20250101_010000'
+
+
+def demo_work_dir(root, tested=True, memories=()):
+    """The Mask R-CNN demo's work dir in ``root``, with a training run that
+    logged ``memories`` (MB) and, if ``tested``, a test run."""
+    cfg = Config.fromfile(DET_DEMO)
+    cfg.train_cfg.max_epochs = 1
+    work_dir = root / DET_DEMO.stem
+    work_dir.mkdir(parents=True)
+    write_config(cfg, work_dir / DET_DEMO.name)
+    scalars = [
+        dict(TRAIN_LINE, memory=m, step=i + 1) for i, m in enumerate(memories)
+    ] or [dict(TRAIN_LINE, step=1)]
+    fake_train_run(work_dir, TRAINED, cfg, scalars,
+                   'Epoch(train) [1][1/1]  lr: 2.0000e-04  loss: 2.5000\n')
+    (work_dir / 'last_checkpoint').write_text(str(work_dir / 'epoch_1.pth'))
+    if tested:
+        cfg.load_from = str(work_dir / 'epoch_1.pth')
+        fake_test_run(work_dir, TESTED, cfg, REPORTED)
+    return work_dir
+
+
+def test_a_run_without_a_test_or_memory_is_not_measured(tmp_path):
+    work_dir = demo_work_dir(tmp_path, tested=False)
+    rows, models = gather(tmp_path, work_dir)
     # CPU training logs no memory
     assert rows['maskrcnn_cvt13_shapes.py'][:5] == ['not measured'] * 5
     assert models['maskrcnn_cvt13_shapes']['Results'] == []
@@ -209,29 +233,17 @@ def test_a_run_without_a_test_or_memory_is_not_measured(
         'Metadata']
 
 
-def test_train_memory_is_the_peak_the_training_log_holds(
-        detection_run, tmp_path):
-    work_dir, _ = detection_run
-    copy = shutil.copytree(work_dir, tmp_path / 'maskrcnn_cvt13_shapes')
+def test_train_memory_is_the_peak_the_training_log_holds(tmp_path):
     # the fields a GPU run logs: MB per GPU, peak since the last log line
-    scalars, = copy.glob('*/vis_data/scalars.json')
-    train_line, = [
-        json.loads(line) for line in scalars.read_text().splitlines()
-        if 'loss' in line
-    ]
-    logged = [3000, 5120, 4000]
-    scalars.write_text(''.join(
-        json.dumps(dict(train_line, memory=memory, step=step)) + '\n'
-        for step, memory in enumerate(logged, start=1)))
-    rows, models = gather(tmp_path, copy)
+    work_dir = demo_work_dir(tmp_path, memories=[3000, 5120, 4000])
+    rows, models = gather(tmp_path, work_dir)
     assert rows['maskrcnn_cvt13_shapes.py'][4] == '5.0 GB'  # 5120 MB
     assert models['maskrcnn_cvt13_shapes']['Metadata'][
         'Training Memory (GB)'] == 5.0
 
 
-def test_a_directory_without_runs_is_skipped_with_a_message(
-        detection_run, tmp_path, capsys):
-    work_dir, _ = detection_run
+def test_a_directory_without_runs_is_skipped_with_a_message(tmp_path, capsys):
+    work_dir = demo_work_dir(tmp_path)
     not_a_run = tmp_path / 'benchmark'
     not_a_run.mkdir()
     rows, _ = gather(tmp_path, not_a_run, work_dir)
@@ -246,18 +258,12 @@ def test_no_run_at_all_is_an_error(tmp_path):
 
 
 # ---- after a killed run -----------------------------------------------------
-def copy_of(work_dir, tmp_path):
-    """A copy, named as the config, to spoil as a killed run would."""
-    return shutil.copytree(work_dir, tmp_path / 'maskrcnn_cvt13_shapes')
-
-
 def add_later_test_run(work_dir, metrics_text):
     """A copy of the work dir's test run, as the Runner would name one
     started later, whose metrics file holds ``metrics_text``."""
-    run, = [p for p in work_dir.iterdir() if (p / f'{p.name}.json').is_file()]
     later = work_dir / '29991231_235959'
-    shutil.copytree(run, later)
-    (later / f'{run.name}.json').rename(later / f'{later.name}.json')
+    shutil.copytree(work_dir / TESTED, later)
+    (later / f'{TESTED}.json').unlink()
     (later / f'{later.name}.json').write_text(metrics_text)
     return later / f'{later.name}.json'
 
@@ -265,24 +271,21 @@ def add_later_test_run(work_dir, metrics_text):
 @pytest.mark.parametrize('metrics_text',
                          ['{"coco/bbox_mAP": 0.5, "coco/se', '{}'])
 def test_a_later_test_run_cut_short_or_without_metrics_leaves_the_ap(
-        detection_run, tmp_path, capsys, metrics_text):
-    work_dir, reported = detection_run
-    copy = copy_of(work_dir, tmp_path)
-    spoiled = add_later_test_run(copy, metrics_text)
-    rows, _ = gather(tmp_path, copy)
-    assert rows['maskrcnn_cvt13_shapes.py'][0] == str(
-        round(reported['coco/bbox_mAP'] * 100, 1))
+        tmp_path, capsys, metrics_text):
+    work_dir = demo_work_dir(tmp_path)
+    spoiled = add_later_test_run(work_dir, metrics_text)
+    rows, _ = gather(tmp_path, work_dir)
+    assert rows['maskrcnn_cvt13_shapes.py'][0] == '41.2'
     assert f'warning: {spoiled}' in capsys.readouterr().err
 
 
 @pytest.mark.parametrize('value', ['"oops"', 'NaN'])
 def test_a_metric_that_is_no_number_is_flagged_not_tabulated(
-        detection_run, tmp_path, capsys, value):
-    work_dir, reported = detection_run
-    copy = copy_of(work_dir, tmp_path)
+        tmp_path, capsys, value):
+    work_dir = demo_work_dir(tmp_path)
     metrics = add_later_test_run(
-        copy, f'{{"coco/bbox_mAP": {value}, "coco/segm_mAP": 0.25}}')
-    rows, models = gather(tmp_path, copy)
+        work_dir, f'{{"coco/bbox_mAP": {value}, "coco/segm_mAP": 0.25}}')
+    rows, models = gather(tmp_path, work_dir)
     box, mask, *_ = rows['maskrcnn_cvt13_shapes.py']
     assert box.startswith('invalid: ') and mask == '25.0'
     results = models['maskrcnn_cvt13_shapes']['Results']
@@ -290,53 +293,119 @@ def test_a_metric_that_is_no_number_is_flagged_not_tabulated(
     assert f'warning: {metrics}: coco/bbox_mAP is' in capsys.readouterr().err
 
 
-def memory_lines(scalars, memories):
-    train_line = next(
-        json.loads(line) for line in scalars.read_text().splitlines()
-        if 'loss' in line)
-    return ''.join(
-        json.dumps(dict(train_line, memory=memory, step=step)) + '\n'
-        for step, memory in enumerate(memories, start=1))
+def scalars_of(work_dir):
+    return work_dir / TRAINED / 'vis_data' / 'scalars.json'
 
 
 def test_a_scalars_json_cut_off_mid_line_is_read_but_its_last_line(
-        detection_run, tmp_path, capsys):
-    copy = copy_of(detection_run[0], tmp_path)
-    scalars, = copy.glob('*/vis_data/scalars.json')
-    scalars.write_text(
-        memory_lines(scalars, [3000, 4096]) + '{"memory": 9000, "lo')
-    rows, _ = gather(tmp_path, copy)
+        tmp_path, capsys):
+    work_dir = demo_work_dir(tmp_path, memories=[3000, 4096])
+    scalars = scalars_of(work_dir)
+    with open(scalars, 'a') as f:
+        f.write('{"memory": 9000, "lo')
+    rows, _ = gather(tmp_path, work_dir)
     assert rows['maskrcnn_cvt13_shapes.py'][4] == '4.0 GB'
     assert (f'warning: {scalars}: the last line, 3, is cut off'
             in capsys.readouterr().err)
 
 
-def test_a_bad_line_inside_scalars_json_is_an_error_naming_it(
-        detection_run, tmp_path):
-    copy = copy_of(detection_run[0], tmp_path)
-    scalars, = copy.glob('*/vis_data/scalars.json')
-    lines = memory_lines(scalars, [3000, 4096]).splitlines()
-    scalars.write_text(f'{lines[0]}\n{{"memory": 9\n{lines[1]}\n')
+def test_a_bad_line_inside_scalars_json_is_an_error_naming_it(tmp_path):
+    work_dir = demo_work_dir(tmp_path, memories=[3000, 4096])
+    scalars = scalars_of(work_dir)
+    first, second = scalars.read_text().splitlines()
+    scalars.write_text(f'{first}\n{{"memory": 9\n{second}\n')
     with pytest.raises(
             ValueError, match=f'{scalars}, line 2, is not valid JSON'):
-        gather(tmp_path, copy)
+        gather(tmp_path, work_dir)
 
 
 def test_runs_without_their_config_are_named_with_that_reason(
-        detection_run, tmp_path, capsys):
-    copy = copy_of(detection_run[0], tmp_path)
-    for config in copy.glob('*/vis_data/config.py'):
+        tmp_path, capsys):
+    work_dir = demo_work_dir(tmp_path)
+    for config in work_dir.glob('*/vis_data/config.py'):
         config.unlink()
     with pytest.raises(SystemExit, match='no run found'):
-        gather(tmp_path, copy)
+        gather(tmp_path, work_dir)
     err = capsys.readouterr().err
     assert 'no vis_data/config.py' in err
     assert 'scalars.json' not in err
 
 
-def test_an_out_dir_that_is_a_file_is_an_error_before_any_work(
-        detection_run, tmp_path):
-    out = tmp_path / 'results'
-    out.write_text('')
-    with pytest.raises(SystemExit, match=f'--out-dir {out} is a file'):
-        gather_results.main([str(detection_run[0]), '--out-dir', str(out)])
+# ---- after a run stopped by a non-finite loss -------------------------------
+def log_of_the_guard(log, amp=False):
+    """Appends to ``log`` what StopOnNonFiniteLossHook logs of a NaN loss
+    at iteration 6 (epoch 2): the stop, or under AMP the warning of a step
+    that the loss scaler skips."""
+    name = f'gather {log} {amp}'  # an instance of its own, for this log
+    runner = SimpleNamespace(
+        optim_wrapper=AmpOptimWrapper.__new__(AmpOptimWrapper)
+        if amp else None,
+        message_hub=MessageHub.get_instance(name),
+        logger=MMLogger.get_instance(name, log_file=str(log)),
+        iter=5,
+        epoch=1)
+    hook = StopOnNonFiniteLossHook()
+    if amp:
+        hook.after_train_iter(runner, 5, outputs=dict(loss=math.nan))
+    else:
+        with pytest.raises(NonFiniteLossError):
+            hook.after_train_iter(runner, 5, outputs=dict(loss=math.nan))
+    for handler in runner.logger.handlers:
+        handler.flush()
+
+
+def test_a_run_stopped_by_a_non_finite_loss_is_marked_and_keeps_no_weights(
+        tmp_path):
+    work_dir = demo_work_dir(tmp_path, tested=False)
+    log_of_the_guard(work_dir / TRAINED / f'{TRAINED}.log')
+    rows, models = gather(tmp_path, work_dir)
+    assert ('maskrcnn_cvt13_shapes.py`, training stopped at iteration 6 '
+            '(epoch 2): non-finite loss') in rows
+    model = models['maskrcnn_cvt13_shapes']
+    assert model['Metadata']['Training'] == (
+        'stopped by a non-finite loss at iteration 6 (epoch 2)')
+    # last_checkpoint names epoch_1.pth, from before the stop: no test
+    # tested it
+    assert 'Weights' not in model
+
+
+def test_a_stopped_runs_weights_are_those_a_test_run_tested(tmp_path):
+    work_dir = demo_work_dir(tmp_path)
+    log_of_the_guard(work_dir / TRAINED / f'{TRAINED}.log')
+    _, models = gather(tmp_path, work_dir)
+    model = models['maskrcnn_cvt13_shapes']
+    assert model['Weights'] == str(work_dir / 'epoch_1.pth')
+    assert model['Metadata']['Training'].startswith('stopped')
+
+
+def test_a_step_skipped_under_amp_does_not_mark_the_run_stopped(tmp_path):
+    work_dir = demo_work_dir(tmp_path)
+    log = work_dir / TRAINED / f'{TRAINED}.log'
+    log_of_the_guard(log, amp=True)
+    assert 'a step that the loss scaler skips' in log.read_text()
+    rows, models = gather(tmp_path, work_dir)
+    assert 'Training' not in models['maskrcnn_cvt13_shapes']['Metadata']
+    assert 'maskrcnn_cvt13_shapes.py' in rows
+
+
+# ---- several work dirs of one config ----------------------------------------
+def test_work_dirs_of_one_config_get_entries_and_rows_named_by_their_paths(
+        tmp_path):
+    first, second = (demo_work_dir(tmp_path / run) for run in ('a', 'b'))
+    log_of_the_guard(second / TRAINED / f'{TRAINED}.log')
+    rows, models = gather(tmp_path, first, second)
+    assert set(models) == {
+        f'maskrcnn_cvt13_shapes [{first}]', f'maskrcnn_cvt13_shapes [{second}]'
+    }
+    assert set(rows) == {
+        f'maskrcnn_cvt13_shapes.py` [{first}]',
+        f'maskrcnn_cvt13_shapes.py` [{second}], training stopped at '
+        f'iteration 6 (epoch 2): non-finite loss'
+    }
+
+
+def test_a_work_dir_given_twice_is_gathered_once(tmp_path, capsys):
+    work_dir = demo_work_dir(tmp_path)
+    rows, models = gather(tmp_path, work_dir, f'{tmp_path}/./{work_dir.name}')
+    assert list(models) == ['maskrcnn_cvt13_shapes']
+    assert 'given twice' in capsys.readouterr().err

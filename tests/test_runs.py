@@ -28,7 +28,7 @@ from mmcvt.engine import (NonFiniteLossError, StopOnNonFiniteLossHook,
 from mmcvt.engine.work_dir_lock import LOCK_NAME, STALE_AFTER_S
 from mmcvt.fileio import load_from_local_file
 from .test_checkpoints import build_linear_runner, recorder
-from .utils import REPO, TINY, load_tool, shapes_options
+from .utils import REPO, TINY, Interrupted, load_tool, shapes_options
 
 train_tool = load_tool('train.py')
 test_tool = load_tool('test.py')
@@ -83,26 +83,6 @@ class RecordLosses(Hook):
                          data_batch=None,
                          outputs=None):
         LOSSES[self.run].append((runner.iter, outputs['loss'].item()))
-
-
-class Interrupted(Exception):
-    pass
-
-
-@HOOKS.register_module(force=True)
-class InterruptAtIteration(Hook):
-    """Stops training as a kill would, after the given iteration."""
-
-    def __init__(self, iteration):
-        self.iteration = iteration
-
-    def after_train_iter(self,
-                         runner,
-                         batch_idx,
-                         data_batch=None,
-                         outputs=None):
-        if runner.iter + 1 == self.iteration:
-            raise Interrupted
 
 
 @HOOKS.register_module(force=True)
