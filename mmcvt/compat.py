@@ -176,3 +176,21 @@ def _distribution_installed(name):
     except importlib.metadata.PackageNotFoundError:
         return False
     return True
+
+
+def foreach_copy_(destinations, sources):
+    """Copies each tensor of ``sources`` into the tensor of
+    ``destinations`` at its position, in its dtype, in one op: one kernel on
+    CUDA for all of them, where a copy each launches one each. The autocast
+    casting of :mod:`mmcvt.models.layers.autocast_weights` casts a stage's
+    weights, and their gradients back, with it.
+
+    Assumes: torch's ``torch._foreach_copy_(self, src)`` (torch 2.1 on)
+    copies in place, across dtypes, in one op for the whole list. torch has
+    no public op that copies a list of tensors at once.
+
+    Args:
+        destinations (list[Tensor]): Written in place.
+        sources (list[Tensor]): Of the destinations' shapes.
+    """
+    torch._foreach_copy_(destinations, sources)

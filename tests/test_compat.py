@@ -372,6 +372,21 @@ def test_a_batched_matmul_ends_in_the_unsafe_view_compat_names():
         'torch', f'a 3-D by 2-D matmul ran {mode.ops}')
 
 
+def test_a_list_of_tensors_is_cast_in_the_one_op_compat_names():
+    sources = [
+        torch.randn(3, 4),
+        torch.randn(2, 3, 5, 5).to(memory_format=torch.channels_last)
+    ]
+    destinations = [torch.empty_like(t, dtype=torch.bfloat16) for t in sources]
+    with _Aten() as mode:
+        compat.foreach_copy_(destinations, sources)
+    assert len(mode.ops) == 1, broken(
+        'torch', f'torch._foreach_copy_ of a list ran {mode.ops}')
+    for copied, source in zip(destinations, sources):
+        assert torch.equal(copied, source.to(torch.bfloat16)), broken(
+            'torch', 'torch._foreach_copy_ copies wrong values across dtypes')
+
+
 def test_the_release_named_in_failures_is_the_installed_one():
     assert release('mmengine').endswith(mmengine.__version__)
 

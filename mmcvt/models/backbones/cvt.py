@@ -32,8 +32,8 @@ from mmengine.model.weight_init import (constant_init, initialize,
 from mmengine.registry import MODELS
 
 from ..layers import (WITH_CP_MODES, QuickGELU, add_residual, drop_path_scales,
-                      map_to_tokens, run_with_recompute, to_autocast_dtype,
-                      tokens_to_map, with_autocast_weights)
+                      linear_pair, map_to_tokens, run_with_recompute,
+                      to_autocast_dtype, tokens_to_map, with_autocast_weights)
 from .cvt_arch import ARCH_ZOO, is_int, min_input_size, parse_arch, stage_sizes
 from .cvt_checkpoint import load_pretrained
 
@@ -177,12 +177,7 @@ class ConvAttention(BaseModule):
         # channels where they are (CPU) or copies them into place (CUDA)
         tokens = tokens.reshape(self.kv_maps, batch * num_tokens,
                                 embed_dims).expand(2, -1, -1)
-        weight = self.proj_kv.weight.unflatten(0, (2, -1)).transpose(1, 2)
-        if self.proj_kv.bias is None:
-            kv = torch.bmm(tokens, weight)
-        else:
-            kv = torch.baddbmm(
-                self.proj_kv.bias.unflatten(0, (2, 1, -1)), tokens, weight)
+        kv = linear_pair(tokens, self.proj_kv.weight, self.proj_kv.bias)
         # heads split after k and v are apart: their gradients then come
         # back in the attention kernel's layout without a copy
         k, v = (

@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
+from ...compat import foreach_copy_
+
 # the modules whose weights autocast casts: CvT's Linear layers and convs
 CAST_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -36,17 +38,16 @@ def to_autocast_dtype(x):
 
 
 class _CastInOneOp(torch.autograd.Function):
-    """Casts tensors to one dtype with a single ``torch._foreach_copy_`` (one
-    kernel on CUDA for them all), and their gradients back with another.
-    It is private to torch, which has no public op that casts a list of
-    tensors at once."""
+    """Casts tensors to one dtype with a single foreach copy (one kernel on
+    CUDA for them all, see :func:`mmcvt.compat.foreach_copy_`), and their
+    gradients back with another."""
 
     @staticmethod
     def forward(ctx, dtype, *tensors):
         ctx.set_materialize_grads(False)
         ctx.dtypes = [t.dtype for t in tensors]
         casts = [torch.empty_like(t, dtype=dtype) for t in tensors]
-        torch._foreach_copy_(casts, tensors)
+        foreach_copy_(casts, tensors)
         ctx.mark_non_differentiable(*(c for c, t in zip(casts, tensors)
                                       if not t.requires_grad))
         return tuple(casts)
@@ -60,7 +61,7 @@ class _CastInOneOp(torch.autograd.Function):
                 torch.empty_like(grads[i], dtype=ctx.dtypes[i])
                 for i in present
             ]
-            torch._foreach_copy_(casts, [grads[i] for i in present])
+            foreach_copy_(casts, [grads[i] for i in present])
             for i, cast in zip(present, casts):
                 grads_back[i] = cast
         return (None, *grads_back)

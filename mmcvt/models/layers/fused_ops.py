@@ -96,3 +96,61 @@ def add_residual(x, branch, scale):
     if scale is None:
         return x + branch
     return _AddScaledResidual.apply(x, branch, scale)
+
+
+class _LinearPair(torch.autograd.Function):
+    """Two Linears of one weight, each on its own tokens, as one batched
+    matmul, whose backward writes the weight's gradient in the weight's own
+    layout.
+
+    Through autograd, the batched matmul reads the weight as a transposed
+    view of its two halves, and its gradient comes back transposed: reshaped
+    into the (2 * C_out, C_in) weight, it is copied, one op a call. Here the
+    weight's gradient is ``grad^T @ tokens`` per half, which is that
+    gradient already in place, in the same matmul; the tokens' and the
+    bias's gradients are autograd's own ops.
+    """
+
+    @staticmethod
+    def forward(ctx, tokens, weight, bias):
+        ctx.save_for_backward(tokens, weight)
+        ctx.has_bias = bias is not None
+        halves = weight.unflatten(0, (2, -1)).transpose(1, 2)
+        if bias is None:
+            return torch.bmm(tokens, halves)
+        return torch.baddbmm(bias.unflatten(0, (2, 1, -1)), tokens, halves)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        tokens, weight = ctx.saved_tensors
+        # in the gradient's dtype: under torch.compile autocast casts the
+        # weight inside the forward, where with_autocast_weights does not
+        tokens, weight = tokens.to(grad_output.dtype), weight.to(
+            grad_output.dtype)
+        grad_tokens = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_tokens = torch.bmm(grad_output, weight.unflatten(0, (2, -1)))
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.bmm(grad_output.transpose(1, 2),
+                                    tokens).flatten(0, 1)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_output.sum(1).flatten()
+        return grad_tokens, grad_weight, grad_bias
+
+
+def linear_pair(tokens, weight, bias=None):
+    """``tokens[i] @ w[i].T + b[i]`` for the halves ``w[0], w[1]`` of a
+    Linear's weight (and ``b`` of its bias), in one batched matmul forward
+    and two backward, with no copy of the weight's gradient (see
+    :class:`_LinearPair`).
+
+    Args:
+        tokens (Tensor): (2, M, C_in), the first half's tokens then the
+            second's.
+        weight (Tensor): (2 * C_out, C_in), the first half's rows first.
+        bias (Tensor, optional): (2 * C_out, ).
+
+    Returns:
+        Tensor: (2, M, C_out).
+    """
+    return _LinearPair.apply(tokens, weight, bias)
