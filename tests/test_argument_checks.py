@@ -53,22 +53,17 @@ def test_an_output_folder_that_is_missing_but_can_be_made_passes_unmade(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_an_output_folder_that_is_a_file_is_an_error(tmp_path):
-    (tmp_path / 'notes.txt').write_text('')
-    with pytest.raises(
-            NotADirectoryError,
-            match=f'the output folder {tmp_path}/notes.txt is a file, not a '
-            f'folder'):
-        check_output_dir(tmp_path / 'notes.txt')
-
-
-def test_an_output_folder_under_a_file_is_an_error_naming_the_file(tmp_path):
-    (tmp_path / 'notes.txt').write_text('')
-    with pytest.raises(
-            NotADirectoryError,
-            match=f'notes.txt/out cannot be made: {tmp_path}/notes.txt is a '
-            f'file'):
-        check_output_dir(tmp_path / 'notes.txt' / 'out')
+@pytest.mark.parametrize('folder, message', [
+    ('notes.txt', 'the output folder {file} is a file, not a folder'),
+    ('notes.txt/out', 'the output folder {file}/out cannot be made: {file} '
+     'is a file'),
+])
+def test_an_output_folder_that_is_a_file_or_under_one_is_an_error(
+        folder, message, tmp_path):
+    file = tmp_path / 'notes.txt'
+    file.write_text('')
+    with pytest.raises(NotADirectoryError, match=message.format(file=file)):
+        check_output_dir(tmp_path / folder)
 
 
 @pytest.mark.parametrize('path', ['/proc/mmcvt-out', '/proc/mmcvt-out/a'])
