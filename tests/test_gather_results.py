@@ -342,6 +342,7 @@ def log_of_the_guard(log, amp=False):
         if amp else None,
         message_hub=MessageHub.get_instance(name),
         logger=MMLogger.get_instance(name, log_file=str(log)),
+        hooks=[],
         iter=5,
         epoch=1)
     hook = StopOnNonFiniteLossHook()
