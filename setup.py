@@ -10,6 +10,8 @@ HERE = Path(__file__).resolve().parent
 # (`mim train mmcvt CONFIG`, `mim test`) runs the tools from there.
 MIM = Path('.mim')
 MIM_DIRS = ('configs', 'tools')
+# requirements/<stack>/: the OpenMMLab libraries of each stack, an extra each
+STACKS = ('upstream', 'onedl')
 
 
 def read_requirements(name):
@@ -67,8 +69,21 @@ setup(
     # (requirements/torch.txt). mmcvt needs TORCH_MINIMUM or newer (see
     # mmcvt/version.py; `import mmcvt` checks it), which the 'torch' extra
     # asks for: pip install "mmcvt[torch]".
-    install_requires=read_requirements('mmcv') + read_requirements('runtime'),
+    install_requires=read_requirements('runtime'),
+    # The OpenMMLab libraries come as one of two stacks, which install the
+    # same modules (mmcv, mmengine, mmdet, mmseg) under different
+    # distribution names: `pip install "mmcvt[upstream]"` or
+    # `pip install "mmcvt[onedl]"` (`make install [STACK=onedl]`). Neither is
+    # in install_requires, or pip would install the upstream distributions
+    # next to OneDL's, over the same files; OpenMMLab's own packages leave
+    # mmcv out of install_requires for a like reason (it must be built for
+    # the installed torch).
     extras_require={
+        **{
+            stack: read_requirements(f'{stack}/mmcv') +
+            read_requirements(f'{stack}/openmmlab')
+            for stack in STACKS
+        },
         'tests': read_requirements('tests'),
         # tools/deployment/export_onnx.py
         'onnx': read_requirements('onnx'),
