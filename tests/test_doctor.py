@@ -82,6 +82,7 @@ def fake_stack(monkeypatch, name):
 
 # a finder of {module} whose loader raises {error}, an expression
 FAILING_IMPORT = """\
+import importlib.abc
 import importlib.util
 
 
