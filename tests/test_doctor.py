@@ -57,17 +57,15 @@ def fixes(printed):
 
 
 def fake_versions(monkeypatch, **versions):
-    """Distributions of other versions (a string) or missing (None)."""
-    real = metadata.version
+    """Distributions of other versions (a string) or missing (None), as the
+    doctor sees them; the libraries' imports still read the real metadata
+    (OneDL's mmdet/version.py reads that of onedl-mmdetection)."""
+    real = doctor.installed_version
 
-    def version(name):
-        if name in versions:
-            if versions[name] is None:
-                raise metadata.PackageNotFoundError(name)
-            return versions[name]
-        return real(name)
+    def installed_version(name):
+        return versions[name] if name in versions else real(name)
 
-    monkeypatch.setattr(metadata, 'version', version)
+    monkeypatch.setattr(doctor, 'installed_version', installed_version)
 
 
 def fake_stack(monkeypatch, name):

@@ -87,9 +87,17 @@ def test_import_mmcvt_on_a_torch_below_its_floor_fails_in_one_line():
 
 # ---- the stacks: `make install [STACK=onedl]` -------------------------------
 def make_dry_run(*arguments):
-    """What `make -n` would run (nothing is run), and its exit status."""
+    """What `make -n` would run (nothing is run), and its exit status; not
+    as a sub-make of a `make test STACK=...` that runs this test, whose
+    variables would pass down."""
+    outer = ('MAKEFLAGS', 'MFLAGS', 'MAKELEVEL', 'STACK')
     result = subprocess.run(['make', '-n', *arguments],
                             cwd=REPO,
+                            env={
+                                k: v
+                                for k, v in os.environ.items()
+                                if k not in outer
+                            },
                             capture_output=True,
                             text=True)
     return result.returncode, result.stdout + result.stderr
