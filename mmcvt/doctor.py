@@ -261,11 +261,10 @@ def check_mmcv_ops(stack):
         try:
             run_mmcv_ops(device)
         except Exception as error:  # an ImportError, or the op's own error
-            reason = f'{type(error).__name__}: {error}'.splitlines()[0]
             findings.append(
                 Finding(
-                    FAIL,
-                    f'mmcv ops on {device.upper()} do not run ({reason})',
+                    FAIL, f'mmcv ops on {device.upper()} do not run '
+                    f'({first_line(error)})',
                     'rebuild mmcv with its ops against this torch: ' +
                     mmcv_build_command(stack, cuda=device == 'cuda')))
         else:
@@ -303,6 +302,11 @@ def check_cuda():
     ]
 
 
+def first_line(error):
+    """``error`` in one line, its type first."""
+    return f'{type(error).__name__}: {error}'.splitlines()[0]
+
+
 def module_spec(module):
     """``module``'s spec, or None where it cannot be found."""
     try:
@@ -328,15 +332,30 @@ def top_level_module(filename):
 
 def traceback_modules(error):
     """The top-level modules whose files ``error``'s traceback runs through,
-    outermost first, leaving out mmcvt's and the standard library's."""
+    outermost first, leaving out the standard library's."""
     modules = []
     for frame in traceback.extract_tb(error.__traceback__):
         if not os.path.isfile(frame.filename):  # <frozen ...>, <string>
             continue
         module = top_level_module(frame.filename)
-        if module in (None, 'mmcvt') or module in sys.stdlib_module_names:
-            continue
-        modules.append(module)
+        if module is not None and module not in sys.stdlib_module_names:
+            modules.append(module)
+    return modules
+
+
+def failing_modules(error):
+    """The modules that ``error`` comes from, outermost first: those of its
+    traceback but mmcvt; or, when a line of mmcvt's raised it, the module
+    it names (importing a name that this version of the module lacks).
+    Empty when the error is mmcvt's own."""
+    modules = traceback_modules(error)
+    if modules[-1:] == ['mmcvt']:
+        named = error.name if isinstance(error, ImportError) else None
+        named = (named or 'mmcvt').split('.')[0]
+        return [] if named == 'mmcvt' else [named]
+    modules = [module for module in modules if module != 'mmcvt']
+    if not modules and isinstance(error, ModuleNotFoundError) and error.name:
+        modules = [error.name.split('.')[0]]
     return modules
 
 
@@ -423,15 +442,13 @@ def diagnose_import_failure(error, stack=None):
         return (f'mmcvt needs {missing}, which this environment lacks',
                 install_command(requirement, stack)
                 if requirement else f'pip install {distribution}')
-    modules = traceback_modules(error)
-    if isinstance(error, ModuleNotFoundError) and error.name:
-        modules = modules or [error.name.split('.')[0]]
+    modules = failing_modules(error)
     if not modules:
         return None
     module = modules[0]  # the one that mmcvt or the doctor imported
     distribution = distribution_of(module, stack)
     version = installed_version(distribution)
-    reason = f'{type(error).__name__}: {error}'.splitlines()[0]
+    reason = first_line(error)
     if modules[-1] != module:
         reason += f' (in {modules[-1]}, which {module} imports)'
     if version is None:
@@ -439,6 +456,10 @@ def diagnose_import_failure(error, stack=None):
                 f'of it is installed',
                 f'pip install {distribution} (or `{stack.install}` in a '
                 f'checkout)')
+    if traceback_modules(error)[-1:] == ['mmcvt']:  # mmcvt's import line
+        return (f'mmcvt cannot import what it needs from {module} '
+                f'({distribution} {version}): {reason}',
+                repair(modules, error, stack))
     return (f'{module} fails to import, though {distribution} {version} is '
             f'installed: {reason}', repair(modules, error, stack))
 
@@ -472,9 +493,8 @@ def check_registries(stack):
             # import is told here, with its diagnosis
             importlib.import_module(f'{scope}.models')
         except Exception as error:
-            what, fix = diagnose_import_failure(
-                error,
-                stack) or (f'{scope} does not import ({error})', REINSTALL)
+            what, fix = diagnose_import_failure(error, stack) or (
+                f'{scope} does not import ({first_line(error)})', REINSTALL)
             findings.append(Finding(FAIL, what, fix))
             continue
         found = registry.get('CvT')
@@ -488,7 +508,16 @@ def check_registries(stack):
         # matters is the activation CvT builds
         tiny = dict(
             embed_dims=[8, 8, 8], num_heads=[1, 1, 1], depths=[1, 1, 1])
-        backbone = registry.build(dict(type='CvT', arch=tiny))
+        try:
+            backbone = registry.build(dict(type='CvT', arch=tiny))
+        except Exception as error:  # what it imports on the way, or mmcvt
+            diagnosis = diagnose_import_failure(error, stack)
+            findings.append(
+                Finding(
+                    FAIL, f'CvT does not build in the {scope} scope '
+                    f'({first_line(error)})',
+                    diagnosis[1] if diagnosis else REINSTALL))
+            continue
         if not any(isinstance(m, QuickGELU) for m in backbone.modules()):
             findings.append(
                 Finding(
@@ -585,8 +614,7 @@ def run_checks():
         except Exception as error:  # a check that breaks is a finding too
             findings.append(
                 Finding(
-                    FAIL, f'{check.__name__} failed: {type(error).__name__}: '
-                    f'{error}'.splitlines()[0],
+                    FAIL, f'{check.__name__} failed: {first_line(error)}',
                     'reinstall mmcvt and its requirements: `make install` in '
                     'the checkout'))
     return findings

@@ -364,6 +364,12 @@ def test_a_compiled_module_that_does_not_load_is_rebuilt(monkeypatch):
 
 
 # ---- when `import mmcvt` itself fails ---------------------------------------
+def test_an_error_of_mmcvts_own_code_is_raised_as_it_is():
+    with pytest.raises(ValueError) as raised:
+        config_paths.config_path('../setup.py')
+    assert doctor.import_failure_message(raised.value) is None
+
+
 # `python -m mmcvt.doctor` in a fresh interpreter, after {setup}
 RUN_DOCTOR = """\
 import runpy
@@ -445,3 +451,21 @@ def test_a_folder_that_hides_mmengine_is_named(tmp_path):
     assert (f'mmengine is imported from {tmp_path / "mmengine"}, which hides '
             f'the installed {mmengine} in {installed}: rename or move that '
             f'folder' in last)
+
+
+@pytest.mark.slow
+def test_a_name_mmcvt_imports_missing_from_mmengine_is_told_in_one_line(
+        tmp_path):
+    """What an mmengine of another version than the pins does: mmcvt's own
+    import line raises, and names the module it imports from."""
+    stack = doctor.find_stack()
+    mmengine = stack.distribution('mmengine')
+    version = metadata.version(mmengine)
+    last = import_mmcvt_and_run_the_doctor(
+        'import mmengine.model.weight_init\n'
+        'del mmengine.model.weight_init.constant_init  # cvt.py imports it',
+        tmp_path)
+    assert last.startswith(
+        f'ImportError: mmcvt cannot import what it needs from mmengine '
+        f'({mmengine} {version}): ImportError: cannot import name '
+        f'\'constant_init\' from \'mmengine.model.weight_init\'')
