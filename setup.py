@@ -24,6 +24,13 @@ def read_requirements(name):
     ]
 
 
+def stack_requirements(stack):
+    """What a stack of OpenMMLab libraries is made of: its mmcv, built with
+    its ops (tools/install.sh), then mmengine, mmdet and mmseg."""
+    return (read_requirements(f'{stack}/mmcv') +
+            read_requirements(f'{stack}/openmmlab'))
+
+
 class BuildPyWithConfigs(build_py):
     """Ships configs/ and tools/ inside the package, as mmcvt/.mim/configs
     and mmcvt/.mim/tools.
@@ -80,8 +87,7 @@ setup(
     # the installed torch).
     extras_require={
         **{
-            stack: read_requirements(f'{stack}/mmcv') +
-            read_requirements(f'{stack}/openmmlab')
+            stack: stack_requirements(stack)
             for stack in STACKS
         },
         'tests': read_requirements('tests'),
