@@ -127,17 +127,22 @@ def test_make_refuses_an_unknown_stack_naming_the_stacks():
     assert 'unknown STACK=onedI: the stacks are onedl upstream' in said
 
 
+def install_sh(stack, venv):
+    """tools/install.sh of ``stack`` into ``venv``, as make runs it."""
+    return subprocess.run(['tools/install.sh'],
+                          cwd=REPO,
+                          env={
+                              **os.environ, 'STACK': stack,
+                              'VENV': str(venv)
+                          },
+                          capture_output=True,
+                          text=True)
+
+
 def test_install_sh_refuses_an_unknown_stack_before_touching_anything(
         tmp_path):
     venv = tmp_path / 'venv'
-    result = subprocess.run(['tools/install.sh'],
-                            cwd=REPO,
-                            env={
-                                **os.environ, 'STACK': 'openmmlab',
-                                'VENV': str(venv)
-                            },
-                            capture_output=True,
-                            text=True)
+    result = install_sh('openmmlab', venv)
     assert result.returncode == 2
     assert result.stdout.strip() == (
         '[install] unknown STACK=openmmlab: the stacks are onedl upstream '
@@ -164,14 +169,7 @@ def test_install_sh_refuses_an_environment_of_the_other_stack(
     info.mkdir(parents=True)
     (info / 'METADATA'
      ).write_text(f'Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n')
-    result = subprocess.run(['tools/install.sh'],
-                            cwd=REPO,
-                            env={
-                                **os.environ, 'STACK': stack,
-                                'VENV': str(venv)
-                            },
-                            capture_output=True,
-                            text=True)
+    result = install_sh(stack, venv)
     assert result.returncode == 1
     assert (f'[install] {venv} holds {foreign}, of another stack than '
             f'{stack}, which install the same modules: install into another '
