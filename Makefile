@@ -1,5 +1,14 @@
 PYTHON ?= python3
-VENV := .venv
+# The stack of OpenMMLab libraries (requirements/<stack>/), each in an
+# environment of its own, since both install the same modules:
+# upstream (the default, .venv) or onedl (.venv-onedl), e.g.
+# `make test-fast STACK=onedl`
+STACK ?= upstream
+ifeq ($(wildcard requirements/$(STACK)/mmcv.txt),)
+$(error unknown STACK=$(STACK): the stacks are \
+	$(patsubst requirements/%/mmcv.txt,%,$(wildcard requirements/*/mmcv.txt)))
+endif
+VENV := $(if $(filter upstream,$(STACK)),.venv,.venv-$(STACK))
 PY := $(VENV)/bin/python
 # Written once tools/install.sh has finished; it is older than any
 # requirements change, so editing a pin re-runs the install.
@@ -14,8 +23,9 @@ DEMO_SEG_DIR := work_dirs/demo_upernet
 
 install: $(INSTALLED)
 
-$(INSTALLED): tools/install.sh setup.py $(wildcard requirements/*.txt)
-	PYTHON=$(PYTHON) VENV=$(VENV) tools/install.sh
+$(INSTALLED): tools/install.sh setup.py $(wildcard requirements/*.txt) \
+		$(wildcard requirements/$(STACK)/*.txt)
+	PYTHON=$(PYTHON) VENV=$(VENV) STACK=$(STACK) tools/install.sh
 	touch $@
 
 test: $(INSTALLED)

@@ -10,6 +10,8 @@ HERE = Path(__file__).resolve().parent
 # (`mim train mmcvt CONFIG`, `mim test`) runs the tools from there.
 MIM = Path('.mim')
 MIM_DIRS = ('configs', 'tools')
+# requirements/<stack>/: the OpenMMLab libraries of each stack, an extra each
+STACKS = ('upstream', 'onedl')
 
 
 def read_requirements(name):
@@ -20,6 +22,13 @@ def read_requirements(name):
         line.strip() for line in lines
         if line.strip() and not line.lstrip().startswith('#')
     ]
+
+
+def stack_requirements(stack):
+    """What a stack of OpenMMLab libraries is made of: its mmcv, built with
+    its ops (tools/install.sh), then mmengine, mmdet and mmseg."""
+    return (read_requirements(f'{stack}/mmcv') +
+            read_requirements(f'{stack}/openmmlab'))
 
 
 class BuildPyWithConfigs(build_py):
@@ -67,8 +76,20 @@ setup(
     # (requirements/torch.txt). mmcvt needs TORCH_MINIMUM or newer (see
     # mmcvt/version.py; `import mmcvt` checks it), which the 'torch' extra
     # asks for: pip install "mmcvt[torch]".
-    install_requires=read_requirements('mmcv') + read_requirements('runtime'),
+    install_requires=read_requirements('runtime'),
+    # The OpenMMLab libraries come as one of two stacks, which install the
+    # same modules (mmcv, mmengine, mmdet, mmseg) under different
+    # distribution names: `pip install "mmcvt[upstream]"` or
+    # `pip install "mmcvt[onedl]"` (`make install [STACK=onedl]`). Neither is
+    # in install_requires, or pip would install the upstream distributions
+    # next to OneDL's, over the same files; OpenMMLab's own packages leave
+    # mmcv out of install_requires for a like reason (it must be built for
+    # the installed torch).
     extras_require={
+        **{
+            stack: stack_requirements(stack)
+            for stack in STACKS
+        },
         'tests': read_requirements('tests'),
         # tools/deployment/export_onnx.py
         'onnx': read_requirements('onnx'),

@@ -24,13 +24,15 @@ if torch_version_problem(torch.__version__):
 try:
     from . import models  # noqa: F401  registers the modules
     from .compat import resolve_onedl_config_scopes
-except ModuleNotFoundError as error:
-    module = (error.name or __name__).split('.')[0]
-    if module == __name__:
+except Exception as error:
+    # python -m mmcvt.doctor cannot run either: say here what is wrong with
+    # the module that failed (missing, or installed and broken) and what
+    # fixes it; a failure in mmcvt's own code is raised as it is
+    from .doctor import import_failure_message
+    message = import_failure_message(error)
+    if message is None:
         raise
-    # python -m mmcvt.doctor cannot run either: say here what to install
-    from .doctor import missing_module_message
-    raise ImportError(missing_module_message(module)) from error
+    raise ImportError(message) from error
 
 resolve_onedl_config_scopes()
 

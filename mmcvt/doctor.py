@@ -2,8 +2,12 @@
 
     python -m mmcvt.doctor
 
+- which stack of OpenMMLab libraries is installed: the upstream one (mmcv,
+  mmengine, mmdet, mmsegmentation) or OneDL's (onedl-mmcv, onedl-mmengine,
+  onedl-mmdetection, onedl-mmsegmentation), which install the same modules;
 - Python, torch and the packages mmcvt requires, against the versions it
-  needs (the installed mmcvt's requirements);
+  needs on that stack (the installed mmcvt's requirements and its extra of
+  that stack's name, made from requirements/ and requirements/<stack>/);
 - whether mmcv's compiled ops (NMS, RoIAlign) run on the CPU, and on CUDA
   when there is a GPU;
 - CUDA, the GPU and whether it computes in bf16;
@@ -16,47 +20,74 @@
 Every problem comes with the command that fixes it. The exit status is 1
 when something mmcvt needs is missing or broken, 0 otherwise (warnings,
 such as no GPU or an offline cache without weights, do not count).
+
+When ``import mmcvt`` itself fails on a module it imports, this doctor
+cannot run; the import then says what is wrong with
+:func:`import_failure_message`: a missing module and what installs it, or an
+installed one that fails to import, why, and what repairs it.
 """
 import importlib
+import importlib.util
 import os
 import platform
 import sys
+import traceback
 from importlib import metadata
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 OK, INFO, WARN, FAIL = 'ok', '--', 'warn', 'FAIL'
 
-# The packages whose versions the screen shows one by one; the other
-# requirements are summed up in one line unless one of them is wrong.
-MAIN_PACKAGES = ('torch', 'mmcv', 'mmengine', 'mmdet', 'mmsegmentation',
-                 'numpy')
 ONNX_EXTRA = ('onnx', 'onnxruntime', 'onnxscript')
 REINSTALL = ('reinstall mmcvt: `pip install -e .` in the checkout, or '
              '`pip install mmcvt-*.whl`')
-SCOPES = {'mmdet': 'mmdet', 'mmseg': 'mmsegmentation'}  # scope: distribution
 HF_WEIGHTS = 'microsoft/cvt-'  # the hub repos of the released weights
 # mmcv built with its ops, against the torch that is installed
-MMCV_BUILD = ('pip uninstall -y mmcv && MMCV_WITH_OPS=1 {cuda}pip install '
-              '--no-build-isolation --no-cache-dir "mmcv==2.1.0"')
+MMCV_BUILD = ('pip uninstall -y {name} && MMCV_WITH_OPS=1 {cuda}pip install '
+              '--no-build-isolation --no-cache-dir "{requirement}"')
+# the modules that each stack installs, each from a distribution of its own
+LIBRARY_MODULES = ('mmcv', 'mmengine', 'mmdet', 'mmseg')
+# the distributions of other modules that mmcvt imports under another name
+MODULE_DISTRIBUTIONS = {'cv2': 'opencv-python'}
+
+
+class Stack(NamedTuple):
+    """A stack of OpenMMLab libraries that mmcvt runs on.
+
+    ``name`` is setup.py's extra and the folder requirements/<name>/ that
+    pin it; ``libraries`` are its distributions of LIBRARY_MODULES, in that
+    order (tests/test_doctor.py checks them against the installed mmcvt's
+    extras); ``install`` is the command that installs it in a checkout.
+    """
+    name: str
+    title: str
+    libraries: Tuple[str, ...]
+    install: str
+
+    @property
+    def mmcv(self):
+        return self.libraries[0]
+
+    def distribution(self, module):
+        """The distribution that installs ``module`` on this stack."""
+        if module in LIBRARY_MODULES:
+            return self.libraries[LIBRARY_MODULES.index(module)]
+        return MODULE_DISTRIBUTIONS.get(module, module)
+
+
+UPSTREAM = Stack('upstream', 'upstream OpenMMLab',
+                 ('mmcv', 'mmengine', 'mmdet', 'mmsegmentation'),
+                 'make install')
+ONEDL = Stack('onedl', 'OneDL', ('onedl-mmcv', 'onedl-mmengine',
+                                 'onedl-mmdetection', 'onedl-mmsegmentation'),
+              'make install STACK=onedl')
+STACKS = (UPSTREAM, ONEDL)  # the first is the default
 
 
 class Finding(NamedTuple):
     status: str  # OK, INFO, WARN or FAIL
     what: str
     fix: Optional[str] = None
-
-
-def requirements():
-    """The installed mmcvt's requirements, as packaging Requirements, with
-    torch's floor (which setup.py leaves to the 'torch' extra)."""
-    from packaging.requirements import Requirement
-
-    from .version import TORCH_MINIMUM
-    lines = metadata.requires('mmcvt') or []
-    found = [Requirement(line) for line in lines]
-    found = [r for r in found if r.marker is None or r.marker.evaluate()]
-    return [Requirement(f'torch>={TORCH_MINIMUM}')] + found
 
 
 def installed_version(name):
@@ -67,32 +98,81 @@ def installed_version(name):
         return None
 
 
-def install_command(requirement):
-    """The command that installs a requirement as mmcvt needs it: mmcv
-    built with its compiled ops, the others from PyPI."""
-    if requirement.name == 'mmcv':
-        return MMCV_BUILD.format(cuda='')
+def installed_stacks():
+    """Each stack of which some library is installed, with those that are,
+    the stack with the most of them first (the default on a tie)."""
+    found = [(stack,
+              [name for name in stack.libraries if installed_version(name)])
+             for stack in STACKS]
+    found = [(stack, names) for stack, names in found if names]
+    return sorted(found, key=lambda found: -len(found[1]))
+
+
+def find_stack():
+    """The stack that mmcvt checks the environment against: the one whose
+    libraries are installed (most of them, when both stacks' are), else
+    the default one."""
+    found = installed_stacks()
+    return found[0][0] if found else STACKS[0]
+
+
+def requirements(stack):
+    """The installed mmcvt's requirements on ``stack``, as packaging
+    Requirements: its own, those of its extra named after the stack, and
+    torch's floor (which setup.py leaves to the 'torch' extra)."""
+    from packaging.requirements import Requirement
+
+    from .version import TORCH_MINIMUM
+    lines = metadata.requires('mmcvt') or []
+    found = [Requirement(line) for line in lines]
+    found = [
+        r for r in found
+        if r.marker is None or r.marker.evaluate({'extra': stack.name})
+    ]
+    for requirement in found:
+        requirement.marker = None  # the pin alone, as pip is to take it
+    return [Requirement(f'torch>={TORCH_MINIMUM}')] + found
+
+
+def install_command(requirement, stack):
+    """The command that installs a requirement as mmcvt needs it: the
+    stack's mmcv built with its compiled ops, the others from PyPI."""
+    if requirement.name == stack.mmcv:
+        return MMCV_BUILD.format(
+            name=stack.mmcv, cuda='', requirement=requirement)
     return f'pip install "{requirement}"'
 
 
-# the distributions of modules that mmcvt imports under another name
-_DISTRIBUTIONS = {'mmseg': 'mmsegmentation', 'cv2': 'opencv-python'}
-
-
-def missing_module_message(module):
-    """What ``import mmcvt`` says when a module it imports is missing, which
-    keeps this doctor from running: the requirement, and its install
-    command."""
-    distribution = _DISTRIBUTIONS.get(module, module)
-    try:
-        requirement = next(r for r in requirements()
-                           if r.name.lower() == distribution.lower())
-        fix = install_command(requirement)
-    except Exception:  # no installed metadata, no packaging, no such entry
-        fix = f'pip install {distribution}'
-    return (f'mmcvt needs {module}, which this environment lacks: {fix} (or '
-            f'`make install` in a checkout), then `python -m mmcvt.doctor` '
-            f'checks the rest')
+def check_stack():
+    found = installed_stacks()
+    if not found:
+        names = ' or '.join(f'{", ".join(stack.libraries)} ({stack.title})'
+                            for stack in STACKS)
+        return [
+            Finding(
+                FAIL, f'no stack of OpenMMLab libraries: none of {names} '
+                f'is installed',
+                ' or '.join(f'`{stack.install}`'
+                            for stack in STACKS) + ' in a checkout')
+        ]
+    (stack, names), others = found[0], found[1:]
+    if not others:
+        return [
+            Finding(
+                OK, f'stack: {stack.title} ({", ".join(names)}); checked '
+                f'against mmcvt\'s \'{stack.name}\' pins')
+        ]
+    foreign = [name for _, names in others for name in names]
+    titles = ', '.join(other.title for other, _ in others)
+    return [
+        Finding(
+            FAIL, f'two stacks at once, which install the same modules: '
+            f'{", ".join(names)} ({stack.title}) and {", ".join(foreign)} '
+            f'({titles}); checked against the {stack.title} pins',
+            f'keep one stack in an environment: pip uninstall -y '
+            f'{" ".join(foreign)}, then reinstall what the checks below '
+            f'name (or `{stack.install}` into a new environment)')
+    ]
 
 
 def check_python():
@@ -109,9 +189,10 @@ def check_python():
     ]
 
 
-def check_packages():
+def check_packages(stack):
     findings, others = [], []
-    for requirement in requirements():
+    main_packages = ('torch', 'numpy') + stack.libraries
+    for requirement in requirements(stack):
         version = installed_version(requirement.name)
         spec = str(requirement.specifier) or 'any version'
         if version is None:
@@ -120,14 +201,15 @@ def check_packages():
                 version, prereleases=True):
             problem = f'{requirement.name} {version}: mmcvt needs {spec}'
         else:
-            if requirement.name in MAIN_PACKAGES:
+            if requirement.name in main_packages:
                 findings.append(
                     Finding(OK, f'{requirement.name} {version} (needs '
                             f'{spec})'))
             else:
                 others.append(requirement.name)
             continue
-        findings.append(Finding(FAIL, problem, install_command(requirement)))
+        findings.append(
+            Finding(FAIL, problem, install_command(requirement, stack)))
     if others:
         findings.append(
             Finding(
@@ -156,7 +238,18 @@ def run_mmcv_ops(device):
         raise RuntimeError('roi_align of a constant map is not constant')
 
 
-def check_mmcv_ops():
+def mmcv_build_command(stack, cuda=False):
+    """The command that builds the stack's mmcv, as pinned, with its ops
+    (for CUDA too with ``cuda``)."""
+    requirement = next(
+        (r for r in requirements(stack) if r.name == stack.mmcv), stack.mmcv)
+    return MMCV_BUILD.format(
+        name=stack.mmcv,
+        cuda='FORCE_CUDA=1 ' if cuda else '',
+        requirement=requirement)
+
+
+def check_mmcv_ops(stack):
     import torch
     findings = []
     for device in ('cpu', 'cuda'):
@@ -168,14 +261,12 @@ def check_mmcv_ops():
         try:
             run_mmcv_ops(device)
         except Exception as error:  # an ImportError, or the op's own error
-            reason = f'{type(error).__name__}: {error}'.splitlines()[0]
             findings.append(
                 Finding(
-                    FAIL,
-                    f'mmcv ops on {device.upper()} do not run ({reason})',
+                    FAIL, f'mmcv ops on {device.upper()} do not run '
+                    f'({first_line(error)})',
                     'rebuild mmcv with its ops against this torch: ' +
-                    MMCV_BUILD.format(
-                        cuda='FORCE_CUDA=1 ' if device == 'cuda' else '')))
+                    mmcv_build_command(stack, cuda=device == 'cuda')))
         else:
             findings.append(
                 Finding(
@@ -211,17 +302,200 @@ def check_cuda():
     ]
 
 
-def check_registries():
+def first_line(error):
+    """``error`` in one line, its type first."""
+    return f'{type(error).__name__}: {error}'.splitlines()[0]
+
+
+def module_spec(module):
+    """``module``'s spec, or None where it cannot be found."""
+    try:
+        return importlib.util.find_spec(module)
+    except (ImportError, ValueError):  # a parent that fails; no __spec__
+        return None
+
+
+def top_level_module(filename):
+    """The top-level module that the file ``filename`` belongs to, by the
+    folders on sys.path (the innermost that holds it); None outside them."""
+    filename = os.path.abspath(filename)
+    roots = sorted({os.path.abspath(path or os.curdir)
+                    for path in sys.path},
+                   key=len,
+                   reverse=True)
+    for root in roots:
+        if filename.startswith(os.path.join(root, '')):
+            module = os.path.relpath(filename, root).split(os.sep)[0]
+            return module.split('.')[0]  # a module file: name.py, name.*.so
+    return None
+
+
+def traceback_modules(error):
+    """The top-level modules whose files ``error``'s traceback runs through,
+    outermost first, leaving out the standard library's."""
+    modules = []
+    for frame in traceback.extract_tb(error.__traceback__):
+        if not os.path.isfile(frame.filename):  # <frozen ...>, <string>
+            continue
+        module = top_level_module(frame.filename)
+        if module is not None and module not in sys.stdlib_module_names:
+            modules.append(module)
+    return modules
+
+
+def failing_modules(error):
+    """The modules that ``error`` comes from, outermost first: those of its
+    traceback but mmcvt; or, when a line of mmcvt's raised it, the module
+    it names (importing a name that this version of the module lacks).
+    Empty when the error is mmcvt's own."""
+    modules = traceback_modules(error)
+    if modules[-1:] == ['mmcvt']:
+        named = error.name if isinstance(error, ImportError) else None
+        named = (named or 'mmcvt').split('.')[0]
+        return [] if named == 'mmcvt' else [named]
+    modules = [module for module in modules if module != 'mmcvt']
+    if not modules and isinstance(error, ModuleNotFoundError) and error.name:
+        modules = [error.name.split('.')[0]]
+    return modules
+
+
+def distribution_of(module, stack):
+    """The name of the installed distribution that holds ``module``, else
+    the one that would on ``stack``."""
+    names = metadata.packages_distributions().get(module, [])
+    return names[0] if names else stack.distribution(module)
+
+
+def missing_module(error):
+    """The top-level module that ``error`` says is missing, if it is."""
+    if isinstance(error, ModuleNotFoundError) and error.name:
+        module = error.name.split('.')[0]
+        if module_spec(module) is None:
+            return module
+    return None
+
+
+def pinned_install(modules, stack):
+    """The installed distributions of ``modules``, each at its installed
+    version, as pip takes them: ``"name==version"``."""
+    pins = []
+    for module in modules:
+        name = distribution_of(module, stack)
+        pin = f'"{name}=={installed_version(name)}"'
+        if installed_version(name) and pin not in pins:
+            pins.append(pin)
+    return ' '.join(pins)
+
+
+def repair(modules, error, stack):
+    """What makes the first of ``modules`` import again, when it fails with
+    ``error`` raised in the code of the last: what a plain `pip install`
+    would not do, since they are installed."""
+    module = modules[0]
+    distribution = distribution_of(module, stack)
+    spec = module_spec(module)
+    if spec is not None and spec.origin:
+        place = Path(spec.origin).parent
+        installed_at = Path(
+            metadata.distribution(distribution).locate_file('')).resolve()
+        if not place.resolve().is_relative_to(installed_at):
+            return (f'{module} is imported from {place}, which hides the '
+                    f'installed {distribution} in {installed_at}: rename or '
+                    f'move that folder, or run from another one')
+    mismatched = [
+        finding for finding in check_stack() + check_packages(stack)
+        if finding.status == FAIL
+    ]
+    if mismatched:
+        return (f'the environment does not match mmcvt\'s {stack.title} '
+                f'pins ({"; ".join(f.what for f in mismatched)}), which '
+                f'{module} may not import with: '
+                f'{"; then ".join(f.fix for f in mismatched)} (or '
+                f'`{stack.install}` in a checkout)')
+    library = str(getattr(error, 'path', None) or '')
+    if library.endswith(('.so', '.pyd')):  # an extension that did not load
+        owner = top_level_module(library) or module
+        command = (
+            mmcv_build_command(stack) if owner == 'mmcv' else
+            f'pip install --force-reinstall --no-deps --no-cache-dir '
+            f'{pinned_install([owner], stack)}')
+        return (f'its compiled module {library} does not load: it was built '
+                f'against another torch, numpy or Python; rebuild it: '
+                f'{command}')
+    return (f'a plain `pip install` changes nothing, as it is installed; if '
+            f'the files are damaged, reinstall them: pip install '
+            f'--force-reinstall --no-deps '
+            f'{pinned_install([module, modules[-1]], stack)}')
+
+
+def diagnose_import_failure(error, stack=None):
+    """What is wrong when an import fails with ``error``, and what fixes
+    it, as ``(what, fix)``: a missing module and the command that installs
+    it, or an installed module that fails to import, why, and what repairs
+    it. None when the failure is mmcvt's own."""
+    stack = stack or find_stack()
+    missing = missing_module(error)
+    if missing is not None:
+        distribution = stack.distribution(missing)
+        requirement = next((r for r in requirements(stack)
+                            if r.name.lower() == distribution.lower()), None)
+        return (f'mmcvt needs {missing}, which this environment lacks',
+                install_command(requirement, stack)
+                if requirement else f'pip install {distribution}')
+    modules = failing_modules(error)
+    if not modules:
+        return None
+    module = modules[0]  # the one that mmcvt or the doctor imported
+    distribution = distribution_of(module, stack)
+    version = installed_version(distribution)
+    reason = first_line(error)
+    if modules[-1] != module:
+        reason += f' (in {modules[-1]}, which {module} imports)'
+    if version is None:
+        return (f'{module} fails to import ({reason}), and no distribution '
+                f'of it is installed',
+                f'pip install {distribution} (or `{stack.install}` in a '
+                f'checkout)')
+    if traceback_modules(error)[-1:] == ['mmcvt']:  # mmcvt's import line
+        return (f'mmcvt cannot import what it needs from {module} '
+                f'({distribution} {version}): {reason}',
+                repair(modules, error, stack))
+    return (f'{module} fails to import, though {distribution} {version} is '
+            f'installed: {reason}', repair(modules, error, stack))
+
+
+def import_failure_message(error):
+    """What ``import mmcvt`` says when a module it imports fails with
+    ``error``, which keeps this doctor from running: what is wrong and the
+    command that fixes it. None when the failure is mmcvt's own, or when
+    this diagnosis fails itself (no installed metadata, no packaging): the
+    original error is then raised as it is."""
+    try:
+        diagnosis = diagnose_import_failure(error)
+    except Exception:
+        return None
+    if diagnosis is None:
+        return None
+    what, fix = diagnosis
+    if missing_module(error):
+        fix = f'{fix} (or `{find_stack().install}` in a checkout)'
+    return (f'{what}: {fix}, then `python -m mmcvt.doctor` checks the '
+            f'rest')
+
+
+def check_registries(stack):
     from mmcvt.models import CvT, QuickGELU
     findings = []
-    for scope, package in SCOPES.items():
+    for scope in ('mmdet', 'mmseg'):
         try:
             registry = importlib.import_module(f'{scope}.registry').MODELS
-        except ImportError as error:
-            requirement, = (r for r in requirements() if r.name == package)
-            findings.append(
-                Finding(FAIL, f'{scope} does not import ({error})',
-                        install_command(requirement)))
+            # what building in the scope imports, so that a failure to
+            # import is told here, with its diagnosis
+            importlib.import_module(f'{scope}.models')
+        except Exception as error:
+            what, fix = diagnose_import_failure(error, stack) or (
+                f'{scope} does not import ({first_line(error)})', REINSTALL)
+            findings.append(Finding(FAIL, what, fix))
             continue
         found = registry.get('CvT')
         if found is not CvT:
@@ -234,7 +508,16 @@ def check_registries():
         # matters is the activation CvT builds
         tiny = dict(
             embed_dims=[8, 8, 8], num_heads=[1, 1, 1], depths=[1, 1, 1])
-        backbone = registry.build(dict(type='CvT', arch=tiny))
+        try:
+            backbone = registry.build(dict(type='CvT', arch=tiny))
+        except Exception as error:  # what it imports on the way, or mmcvt
+            diagnosis = diagnose_import_failure(error, stack)
+            findings.append(
+                Finding(
+                    FAIL, f'CvT does not build in the {scope} scope '
+                    f'({first_line(error)})',
+                    diagnosis[1] if diagnosis else REINSTALL))
+            continue
         if not any(isinstance(m, QuickGELU) for m in backbone.modules()):
             findings.append(
                 Finding(
@@ -314,20 +597,24 @@ def check_onnx_extra():
     ]
 
 
-CHECKS = (check_python, check_packages, check_mmcv_ops, check_cuda,
-          check_registries, check_configs, check_hf_cache, check_onnx_extra)
+# the checks in the order of the screen; those of the stack's pins, its mmcv
+# and its libraries' scopes take the stack
+CHECKS = (check_stack, check_python, check_packages, check_mmcv_ops,
+          check_cuda, check_registries, check_configs, check_hf_cache,
+          check_onnx_extra)
+STACK_CHECKS = (check_packages, check_mmcv_ops, check_registries)
 
 
 def run_checks():
     findings = []
+    stack = find_stack()
     for check in CHECKS:
         try:
-            findings += check()
+            findings += check(stack) if check in STACK_CHECKS else check()
         except Exception as error:  # a check that breaks is a finding too
             findings.append(
                 Finding(
-                    FAIL, f'{check.__name__} failed: {type(error).__name__}: '
-                    f'{error}'.splitlines()[0],
+                    FAIL, f'{check.__name__} failed: {first_line(error)}',
                     'reinstall mmcvt and its requirements: `make install` in '
                     'the checkout'))
     return findings

@@ -1,11 +1,16 @@
 """The installed stack: the torch floor, mmcv's compiled ops, and
-registration in both libraries through ``custom_imports``. (Runner
+registration in both libraries through ``custom_imports``; how `make
+install [STACK=onedl]` chooses a stack and its environment. (Runner
 checkpoints under torch >= 2.6: test_checkpoints.py.)"""
+import os
 import subprocess
 import sys
+import sysconfig
 
 import pytest
 import torch
+
+from .utils import REPO
 
 
 def test_mmcv_has_its_compiled_nms():
@@ -78,3 +83,96 @@ def test_import_mmcvt_on_a_torch_below_its_floor_fails_in_one_line():
         f'install "torch>={TORCH_MINIMUM}"')
     # nothing of mmcvt beyond the check was imported
     assert 'mmengine' not in result.stderr
+
+
+# ---- the stacks: `make install [STACK=onedl]` -------------------------------
+def make_dry_run(*arguments):
+    """What `make -n` would run (nothing is run), and its exit status; not
+    as a sub-make of a `make test STACK=...` that runs this test, whose
+    variables would pass down."""
+    outer = ('MAKEFLAGS', 'MFLAGS', 'MAKELEVEL', 'STACK')
+    result = subprocess.run(['make', '-n', *arguments],
+                            cwd=REPO,
+                            env={
+                                k: v
+                                for k, v in os.environ.items()
+                                if k not in outer
+                            },
+                            capture_output=True,
+                            text=True)
+    return result.returncode, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize('stack, venv', [('upstream', '.venv'),
+                                         ('onedl', '.venv-onedl')])
+def test_each_stack_installs_and_tests_in_an_environment_of_its_own(
+        stack, venv):
+    status, planned = make_dry_run('-B', 'test-fast', f'STACK={stack}')
+    assert status == 0, planned
+    assert (f'PYTHON=python3 VENV={venv} STACK={stack} tools/install.sh'
+            in planned)
+    assert f'{venv}/bin/python -m pytest tests -m "not slow"' in planned
+
+
+def test_the_default_stack_is_upstream():
+    _, default = make_dry_run('-B', 'test')
+    _, upstream = make_dry_run('-B', 'test', 'STACK=upstream')
+    assert default == upstream
+    assert 'VENV=.venv STACK=upstream' in default
+
+
+def test_make_refuses_an_unknown_stack_naming_the_stacks():
+    status, said = make_dry_run('install', 'STACK=onedI')
+    assert status != 0
+    assert 'unknown STACK=onedI: the stacks are onedl upstream' in said
+
+
+def install_sh(stack, venv):
+    """tools/install.sh of ``stack`` into ``venv``, as make runs it."""
+    return subprocess.run(['tools/install.sh'],
+                          cwd=REPO,
+                          env={
+                              **os.environ, 'STACK': stack,
+                              'VENV': str(venv)
+                          },
+                          capture_output=True,
+                          text=True)
+
+
+def test_install_sh_refuses_an_unknown_stack_before_touching_anything(
+        tmp_path):
+    venv = tmp_path / 'venv'
+    result = install_sh('openmmlab', venv)
+    assert result.returncode == 2
+    assert result.stdout.strip() == (
+        '[install] unknown STACK=openmmlab: the stacks are onedl upstream '
+        '(requirements/<stack>/)')
+    assert not venv.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('stack, foreign',
+                         [('onedl', 'mmcv==2.1.0'),
+                          ('upstream', 'onedl-mmengine==0.10.12')])
+def test_install_sh_refuses_an_environment_of_the_other_stack(
+        tmp_path, stack, foreign):
+    """Both stacks install the same modules: installing one over the other
+    would leave files of both."""
+    venv = tmp_path / 'venv'
+    subprocess.run([sys.executable, '-m', 'venv', '--without-pip', venv],
+                   check=True)
+    name, version = foreign.split('==')
+    site = sysconfig.get_paths(vars={'base': venv, 'platbase': venv})
+    info = (
+        venv / os.path.relpath(site['purelib'], venv) /
+        f'{name.replace("-", "_")}-{version}.dist-info')
+    info.mkdir(parents=True)
+    (info / 'METADATA'
+     ).write_text(f'Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n')
+    result = install_sh(stack, venv)
+    assert result.returncode == 1
+    assert (f'[install] {venv} holds {foreign}, of another stack than '
+            f'{stack}, which install the same modules: install into another '
+            f'VENV, or remove them first: {venv}/bin/python -m pip uninstall '
+            f'-y {foreign}') in ' '.join(result.stdout.split())
+    assert not (venv / 'constraints.txt').exists()  # nothing was installed

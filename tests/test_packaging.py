@@ -132,8 +132,9 @@ def test_the_sdist_carries_the_configs_tools_and_requirements(sdist):
         'configs/demo/upernet_cvt13_shapes.py',
         'configs/_base_/cvt_four_levels.py', 'configs/semfpn_cvt21_ade20k.py',
         'tools/train.py', 'tools/test.py', 'tools/infer.py',
-        'tools/deployment/export_onnx.py', 'requirements/mmcv.txt',
-        'requirements/runtime.txt', 'requirements/onnx.txt'
+        'tools/deployment/export_onnx.py', 'requirements/runtime.txt',
+        'requirements/upstream/mmcv.txt', 'requirements/onedl/mmcv.txt',
+        'requirements/onedl/openmmlab.txt', 'requirements/onnx.txt'
     } <= names
 
 

@@ -1,20 +1,70 @@
 #!/usr/bin/env bash
-# Installs mmcvt and everything it needs into the virtual environment .venv of
-# this checkout. Idempotent: a second run only checks what is already there.
-# Versions and the reasons for them live in requirements/*.txt.
+# Installs mmcvt and everything it needs into a virtual environment of this
+# checkout, on one of two stacks of OpenMMLab libraries (`make install
+# [STACK=onedl]` runs it):
+#   STACK=upstream (the default): mmcv, mmengine, mmdet, mmsegmentation, on
+#     numpy 1, into .venv;
+#   STACK=onedl: their maintained continuation onedl-mmcv, onedl-mmengine,
+#     onedl-mmdetection, onedl-mmsegmentation, on numpy 2, into .venv-onedl.
+# Both install the same modules (mmcv, mmengine, mmdet, mmseg), so each stack
+# has an environment of its own. Idempotent: a second run only checks what is
+# already there. Versions and the reasons for them live in
+# requirements/*.txt (both stacks) and requirements/$STACK/*.txt.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+log() { printf '[install] %s\n' "$*"; }
+
+STACK=${STACK:-upstream}
+STACK_REQUIREMENTS="requirements/$STACK"
+if [ ! -f "$STACK_REQUIREMENTS/mmcv.txt" ]; then
+    stacks=$(cd requirements && ls -d -- */ | tr -d / | tr '\n' ' ')
+    log "unknown STACK=$STACK: the stacks are ${stacks% } (requirements/<stack>/)"
+    exit 2
+fi
+if [ "$STACK" = upstream ]; then default_venv=.venv; else default_venv=".venv-$STACK"; fi
 PYTHON=${PYTHON:-python3}
-VENV=${VENV:-.venv}
+VENV=${VENV:-$default_venv}
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip --disable-pip-version-check)
 
-log() { printf '[install] %s\n' "$*"; }
+# the requirement lines of requirements files, without comments
+requirement_lines() { grep -hv '^\s*#' "$@" | grep -v '^\s*$'; }
 
 if [ ! -x "$PY" ]; then
-    log "creating $VENV with $($PYTHON --version)"
+    log "creating $VENV with $($PYTHON --version) for the $STACK stack"
     "$PYTHON" -m venv "$VENV"
+fi
+
+# The other stacks' distributions install the same modules as this one's:
+# installing over them would leave files of both. Stop instead.
+foreign=$("$PY" - "$STACK" requirements/*/mmcv.txt requirements/*/openmmlab.txt <<'EOF'
+import re
+import sys
+from importlib import metadata
+from pathlib import Path
+
+stack, files = sys.argv[1], sys.argv[2:]
+names = {}  # distribution name: the stacks that pin it
+for file in files:
+    for line in Path(file).read_text().splitlines():
+        name = re.match(r'\s*([A-Za-z0-9._-]+)', line.split('#')[0])
+        if name:
+            names.setdefault(name[1], set()).add(Path(file).parent.name)
+for name, stacks in sorted(names.items()):
+    if stack in stacks:
+        continue
+    try:
+        print(f'{name}=={metadata.version(name)}', end=' ')
+    except metadata.PackageNotFoundError:
+        pass
+EOF
+)
+if [ -n "$foreign" ]; then
+    log "$VENV holds ${foreign% }, of another stack than $STACK, which" \
+        "install the same modules: install into another VENV, or remove" \
+        "them first: $PY -m pip uninstall -y ${foreign% }"
+    exit 1
 fi
 
 # torch first: keep the one already in the environment (a GPU user's CUDA
@@ -38,54 +88,69 @@ fi
 constraints="$VENV/constraints.txt"
 {
     echo "torch==$("$PY" -c 'import torch; print(torch.__version__)')"
-    grep -v '^\s*#' requirements/build.txt | grep -v '^\s*$'
+    requirement_lines requirements/build.txt
 } > "$constraints"
 "${PIP[@]}" install -q -c "$constraints" -r requirements/build.txt
 
+# the stack's mmcv distribution and version, e.g. onedl-mmcv==2.3.6
+mmcv_requirement=$(requirement_lines "$STACK_REQUIREMENTS/mmcv.txt" | head -n 1)
+mmcv_name=${mmcv_requirement%%==*}
+mmcv_version=${mmcv_requirement##*==}
+
 mmcv_status() {
     # prints: ok | no-ops | wrong-version <v> | missing
-    "$PY" - <<'EOF'
+    "$PY" - "$mmcv_name" "$mmcv_version" <<'EOF'
 import importlib.util
+import sys
+from importlib import metadata
+
+name, version = sys.argv[1:]
 if importlib.util.find_spec('mmcv') is None:
     print('missing')
 else:
-    import mmcv
-    if mmcv.__version__ != '2.1.0':
-        print('wrong-version', mmcv.__version__)
+    try:
+        installed = metadata.version(name)
+    except metadata.PackageNotFoundError:
+        installed = 'none'
+    if installed != version:
+        print('wrong-version', installed)
     else:
         try:
             import mmcv._ext  # noqa: F401  the compiled ops
             print('ok')
-        except Exception as e:  # ImportError, or an undefined symbol from a
-            print('no-ops')     # build against another torch
+        except Exception:  # ImportError, or an undefined symbol from a
+            print('no-ops')  # build against another torch
 EOF
 }
 
 build_mmcv() {
-    log "building mmcv 2.1.0 with its compiled ops (about 6 minutes on 2 cores;" \
-        "pip caches the wheel for later installs)"
+    log "building $mmcv_name $mmcv_version with its compiled ops (6 to 15" \
+        "minutes on 2 cores; pip caches the wheel for later installs)"
     MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} "${PIP[@]}" install \
-        --no-build-isolation -c "$constraints" "$@" -r requirements/mmcv.txt
+        --no-build-isolation -c "$constraints" "$@" -r "$STACK_REQUIREMENTS/mmcv.txt"
 }
 
 rebuild_mmcv() { build_mmcv --force-reinstall --no-deps --no-cache-dir; }
 
 status=$(mmcv_status)
 case "$status" in
-    ok) log "keeping mmcv 2.1.0 with ops" ;;
+    ok) log "keeping $mmcv_name $mmcv_version with ops" ;;
     missing | wrong-version*) build_mmcv ;;
-    *) log "found mmcv 2.1.0 without usable ops ($status): rebuilding it"; rebuild_mmcv ;;
+    *) log "found $mmcv_name $mmcv_version without usable ops ($status):" \
+           "rebuilding it"; rebuild_mmcv ;;
 esac
 status=$(mmcv_status)
 if [ "$status" != ok ]; then
     # pip's wheel cache may hold a build without ops or against another torch
-    log "the installed mmcv is unusable ($status): rebuilding without pip's cache"
+    log "the installed $mmcv_name is unusable ($status): rebuilding without" \
+        "pip's cache"
     rebuild_mmcv
     status=$(mmcv_status)
-    [ "$status" = ok ] || { log "mmcv is still unusable ($status)"; exit 1; }
+    [ "$status" = ok ] || { log "$mmcv_name is still unusable ($status)"; exit 1; }
 fi
 
-log "installing mmcvt and its runtime, test, ONNX export and lint dependencies"
-"${PIP[@]}" install -q -c "$constraints" -e '.[tests,onnx,lint]'
+log "installing mmcvt with the $STACK stack (setup.py's extra '$STACK') and" \
+    "its test, ONNX export and lint dependencies"
+"${PIP[@]}" install -q -c "$constraints" -e ".[$STACK,tests,onnx,lint]"
 
 "$PY" -c 'import mmcvt, mmdet, mmseg, mmcv.ops; print("[install] ok: mmcvt", mmcvt.__version__)'
