@@ -42,6 +42,8 @@ ONNX_EXTRA = ('onnx', 'onnxruntime', 'onnxscript')
 REINSTALL = ('reinstall mmcvt: `pip install -e .` in the checkout, or '
              '`pip install mmcvt-*.whl`')
 HF_WEIGHTS = 'microsoft/cvt-'  # the hub repos of the released weights
+# where mmcvt's own files are
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 # mmcv built with its ops, against the torch that is installed
 MMCV_BUILD = ('pip uninstall -y {name} && MMCV_WITH_OPS=1 {cuda}pip install '
               '--no-build-isolation --no-cache-dir "{requirement}"')
@@ -221,8 +223,8 @@ def check_packages(stack):
 def run_mmcv_ops(device):
     """Runs mmcv's NMS and RoIAlign, the compiled ops Mask R-CNN needs, on
     ``device``; raises what they raise."""
-    importlib.import_module('mmcv._ext')  # the compiled ops themselves
     import torch
+    # importing them loads the compiled ops, and fails without them
     from mmcv.ops import nms, roi_align
     boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 10., 10.]],
                          device=device)
@@ -317,8 +319,12 @@ def module_spec(module):
 
 def top_level_module(filename):
     """The top-level module that the file ``filename`` belongs to, by the
-    folders on sys.path (the innermost that holds it); None outside them."""
+    folders on sys.path (the innermost that holds it); None outside them.
+    mmcvt's own files are mmcvt's wherever they are: an editable install
+    finds them by a finder of its own, not through sys.path."""
     filename = os.path.abspath(filename)
+    if filename.startswith(os.path.join(PACKAGE_DIR, '')):
+        return 'mmcvt'
     roots = sorted({os.path.abspath(path or os.curdir)
                     for path in sys.path},
                    key=len,
@@ -445,7 +451,12 @@ def diagnose_import_failure(error, stack=None):
     modules = failing_modules(error)
     if not modules:
         return None
-    module = modules[0]  # the one that mmcvt or the doctor imported
+    # the innermost of the stack's libraries that the error runs through
+    # (mmcv fails when mmengine, which it imports, does), else the module
+    # that mmcvt or the doctor imported
+    libraries = [m for m in modules if m in LIBRARY_MODULES]
+    module = libraries[-1] if libraries else modules[0]
+    modules = modules[modules.index(module):]
     distribution = distribution_of(module, stack)
     version = installed_version(distribution)
     reason = first_line(error)
