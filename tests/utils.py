@@ -131,8 +131,11 @@ def shapes_options(root, work_dir, name, **options):
             f'{split}_evaluator.ann_file': str(annotations)
             for split in ('val', 'test')
         })
-    # unique: runners made in one second would share their logger
+    # unique: runners made in one second would share their logger, and
+    # runners of configs that name their visualizer (MMSegmentation's
+    # 'visualizer') would write into the first one's work dir
     settings['experiment_name'] = name
+    settings['visualizer.name'] = name
     settings.update(options)
     return ['--work-dir', str(work_dir), '--cfg-options'
             ] + [f'{key}={value}' for key, value in settings.items()]
