@@ -1,31 +1,38 @@
-"""ONNX export of mmcvt's models with torch's exporter
-(``torch.onnx.export(..., dynamo=True)``), and its check in onnxruntime.
+"""ONNX export of mmcvt's models with torch's exporter (``torch.export``
+and ``torch.onnx.export(..., dynamo=True)``), and its check in onnxruntime.
 
 Every graph takes one input, ``image``: (batch, 3, height, width), float32,
 RGB, 0 to 255, an image as it is decoded; the model's own normalisation
 (its ``data_preprocessor``'s channel order, mean and std) is inside the
-graph. Batch, height and width are dynamic. What comes out depends on the
-part exported (:data:`PARTS`):
+graph. What comes out depends on the model and the part exported
+(:data:`PARTS`):
 
 - ``'model'``, a whole segmentor: ``seg_logits``, (batch, num_classes,
   height, width), what MMSegmentation's whole-image inference gives before
-  the argmax (``EncoderDecoder.encode_decode``);
+  the argmax (``EncoderDecoder.encode_decode``); batch, height and width
+  dynamic; nothing padded, as in that inference;
+- ``'model'``, a whole detector: ``bboxes``, ``scores``, ``labels`` and,
+  for instance segmentation, ``masks``, what ``model.predict`` gives for
+  the image, its test_cfg and its preprocessor's padding inside
+  (:mod:`mmcvt.deployment.detectors`); one image, height and width dynamic;
 - ``'neck'``: the feature maps of the backbone and neck, ``features_<i>``;
-- ``'backbone'``: the backbone's feature maps, ``features_<i>``.
+- ``'backbone'``: the backbone's feature maps, ``features_<i>``; for both,
+  batch, height and width dynamic, nothing padded.
 
-Whole detectors are not exported: their heads run mmcv's RoIAlign and NMS
-(or deformable attention), which ONNX carries only as custom ops, that a
-runtime runs only with mmdeploy's plugins. Nor is a segmentor whose head
-runs mmcv ops (Mask2Former's pixel decoder, deformable attention, which
-also reads its feature sizes as tensor data, out of reach of the exporter's
-symbolic sizes). Their backbone and neck are exported instead, for the rest
-to run elsewhere.
+NMS and RoIAlign become ONNX's standard operators through
+:mod:`mmcvt.deployment.ops`; every op of a graph is of the standard domain.
+A segmentor whose head runs mmcv ops is not exported whole (Mask2Former's
+pixel decoder: see :func:`whole_model_problem`), nor a detector of a kind
+the export does not cover; their backbone and neck are, for the rest to run
+elsewhere.
 
-Nothing is padded inside the graph: MMSegmentation's whole-image inference
-does not pad either, while MMDetection's data preprocessor pads to a
-multiple of its ``pad_size_divisor``, which the caller of a detector's
-backbone and neck then does.
+The exporter makes every size that is 1 when it traces a constant of the
+graph, so that an example image on which a feature map is 1 pixel high or
+wide gives a graph that fails, or computes wrong, at other sizes:
+:func:`export_onnx` refuses it, naming the smallest size that exports
+(:func:`smallest_example_size`).
 """
+import collections
 import copy
 
 import torch
@@ -33,15 +40,25 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model import revert_sync_batchnorm
 
+from .inputs import INPUT_NAME, RawImageInput, random_image
+
 PARTS = ('model', 'neck', 'backbone')
-INPUT_NAME = 'image'
 DYNAMIC_AXES = {0: 'batch', 2: 'height', 3: 'width'}
+# more than twice the coarsest stride of these models (128, RetinaNet's P7):
+# a map of 1 pixel at the example's size has 2 or more at this much larger
+SIZE_PROBE_GROWTH = 256
 
 
 def is_segmentor(model):
     """Whether ``model`` is an MMSegmentation segmentor (an EncoderDecoder or
     the like), whose whole forward can be exported."""
     return hasattr(model, 'encode_decode') and hasattr(model, 'decode_head')
+
+
+def is_detector(model):
+    """Whether ``model`` is an MMDetection detector."""
+    from mmdet.models.detectors import BaseDetector
+    return isinstance(model, BaseDetector)
 
 
 def mmcv_op_modules(module):
@@ -55,12 +72,17 @@ def mmcv_op_modules(module):
 
 def whole_model_problem(model):
     """Why ``model`` cannot be exported whole, or None."""
+    if is_detector(model):
+        from .detectors import detections_class
+        try:
+            detections_class(model)
+        except ValueError as error:
+            return str(error)
+        return None
     if not is_segmentor(model):
-        return (
-            f'a whole {type(model).__name__} is not exported: '
-            f'detectors\' heads run mmcv ops (RoIAlign and NMS; DINO\'s '
-            f'deformable attention), which ONNX carries only as custom ops '
-            f'(mmdeploy\'s plugins for ONNX Runtime and TensorRT)')
+        return (f'a whole {type(model).__name__} is not exported: it is '
+                f'neither an MMDetection detector nor an MMSegmentation '
+                f'segmentor')
     ops = mmcv_op_modules(model)
     if ops:
         return (f'a whole {type(model).__name__} with '
@@ -73,9 +95,9 @@ def whole_model_problem(model):
 
 
 def default_part(model):
-    """The most of ``model`` that exports: a segmentor whole, unless it runs
-    mmcv ops; else the backbone and neck when the neck is plain torch, else
-    the backbone."""
+    """The most of ``model`` that exports: the whole model when it can;
+    else the backbone and neck when the neck is plain torch, else the
+    backbone."""
     if whole_model_problem(model) is None:
         return 'model'
     if getattr(model, 'with_neck', False) and not mmcv_op_modules(model.neck):
@@ -103,34 +125,6 @@ def check_part(model, part):
                 f'export --part backbone')
 
 
-class RawImageInput(nn.Module):
-    """What a data preprocessor (mmengine's, MMDetection's or
-    MMSegmentation's) does to a decoded image, as graph ops: (B, 3, H, W)
-    RGB 0..255 -> the channel order and normalisation the model was trained
-    with. Loaded images are BGR, so the model sees RGB when its preprocessor
-    converts the channels, and BGR when it does not."""
-
-    def __init__(self, data_preprocessor):
-        super().__init__()
-        self.to_bgr = not (
-            getattr(data_preprocessor, '_channel_conversion', False)
-            or getattr(data_preprocessor, 'channel_conversion', False))
-        normalize = getattr(data_preprocessor, '_enable_normalize', False)
-        self.register_buffer(
-            'mean',
-            data_preprocessor.mean.detach().clone().float()
-            if normalize else torch.zeros(3, 1, 1))
-        self.register_buffer(
-            'std',
-            data_preprocessor.std.detach().clone().float()
-            if normalize else torch.ones(3, 1, 1))
-
-    def forward(self, image):
-        if self.to_bgr:
-            image = image.flip(1)
-        return (image - self.mean) / self.std
-
-
 class _ImageSize(tuple):
     """(height, width) of the traced image, kept as they are by deepcopy,
     which heads apply to their metas (Mask2Former's) and which cannot copy
@@ -143,6 +137,8 @@ class _ImageSize(tuple):
 class SegmentorLogits(nn.Module):
     """A segmentor from a raw image to ``seg_logits`` at the image's size:
     MMSegmentation's whole-image inference, without padding."""
+
+    output_names = ('seg_logits', )
 
     def __init__(self, segmentor):
         super().__init__()
@@ -162,7 +158,7 @@ class SegmentorLogits(nn.Module):
 
 class FeatureMaps(nn.Module):
     """A model's backbone, and its neck with ``with_neck``, from a raw image
-    to their feature maps."""
+    to their feature maps, ``features_<i>``."""
 
     def __init__(self, model, with_neck):
         super().__init__()
@@ -177,14 +173,33 @@ class FeatureMaps(nn.Module):
 
 def raw_image_module(model, part=None):
     """``part`` of ``model`` (default :func:`default_part`) as a module from
-    a raw image, in eval mode on the CPU, sharing ``model``'s weights: the
+    a raw image, in eval mode on the CPU, sharing ``model``'s weights (a
+    DINO's: a copy of them, see :class:`~.detectors.DINODetections`): the
     PyTorch reference of the exported graph."""
     part = part or default_part(model)
     check_part(model, part)
     model = revert_sync_batchnorm(model).cpu().float().eval()
+    if part == 'model' and is_detector(model):
+        from .detectors import detections_module
+        return detections_module(model)
     if part == 'model':
         return SegmentorLogits(model).eval()
     return FeatureMaps(model, with_neck=part == 'neck').eval()
+
+
+def output_names(module, outputs):
+    """The graph's output names: the module's ``output_names`` (of those it
+    returns), else ``output_<i>``, ``features_<i>`` for feature maps."""
+    names = getattr(module, 'output_names', None)
+    if names is not None:
+        return list(names)[:len(outputs)]
+    prefix = 'features' if isinstance(module, FeatureMaps) else 'output'
+    return [f'{prefix}_{i}' for i in range(len(outputs))]
+
+
+def as_pair(size):
+    """``size``, an int or a pair (of ints or None), as a pair."""
+    return tuple(size) if isinstance(size, (tuple, list)) else (size, size)
 
 
 def pooling_matrix(size, out_size, like):
@@ -213,7 +228,7 @@ class AdaptiveAvgPool2dAsMatmul(nn.Module):
 
     def __init__(self, output_size):
         super().__init__()
-        self.output_size = nn.modules.utils._pair(output_size)
+        self.output_size = as_pair(output_size)
 
     def forward(self, x):
         out_h, out_w = (size if size is not None else x.shape[i - 2]
@@ -261,49 +276,154 @@ def exportable_copy(module):
     return module
 
 
-def random_image(shape, seed=0):
-    """A float32 image of 0..255 integers, of ``shape`` (B, 3, H, W)."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, shape, generator=generator).float()
+def map_sizes(module, shape):
+    """The (height, width) of each map (4-d tensor) that a submodule of
+    ``module`` outputs on a random image of ``shape``, keyed by (submodule,
+    call, output)."""
+    sizes = {}
+    calls = collections.Counter()
+
+    def tensors(output):
+        if isinstance(output, (tuple, list)):
+            return [t for item in output for t in tensors(item)]
+        if isinstance(output, dict):
+            return tensors(list(output.values()))
+        return [output] if torch.is_tensor(output) else []
+
+    def record(name):
+
+        def hook(_, __, output):
+            calls[name] += 1
+            for i, tensor in enumerate(tensors(output)):
+                if tensor.dim() == 4:
+                    sizes[name, calls[name], i] = tuple(tensor.shape[2:])
+
+        return hook
+
+    handles = [
+        sub.register_forward_hook(record(name))
+        for name, sub in module.named_modules() if name
+    ]
+    try:
+        with torch.no_grad():
+            module(random_image(shape))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sizes
 
 
-def export_onnx(module, path, example_shape=(2, 3, 128, 160)):
+def maps_of_one_pixel(module, shape):
+    """The maps that are 1 pixel high or wide on an image of ``shape`` and
+    grow with the image (constant ones, like a pooling pyramid's 1x1, are
+    left out): {key of :func:`map_sizes`: (height, width)}."""
+    sizes = map_sizes(module, shape)
+    ones = {key: size for key, size in sizes.items() if 1 in size}
+    if not ones:
+        return {}
+    grown = map_sizes(module, (*shape[:2], *(s + SIZE_PROBE_GROWTH
+                                             for s in shape[2:])))
+    return {
+        key: size
+        for key, size in ones.items()
+        if any(n == 1 and g > 1 for n, g in zip(size, grown.get(key, size)))
+    }
+
+
+def smallest_example_size(module, shape, ones):
+    """The smallest (height, width), at least ``shape``'s, at which none of
+    the maps ``ones`` (of :func:`maps_of_one_pixel`) is 1 pixel high or
+    wide."""
+    smallest = list(shape[2:])
+    for axis in (0, 1):
+        keys = [key for key, size in ones.items() if size[axis] == 1]
+        low, high = shape[2 + axis], shape[2 + axis] + SIZE_PROBE_GROWTH
+        while keys and high - low > 1:  # low is too small, high is not
+            middle = (low + high) // 2
+            probe = list(shape)
+            probe[2 + axis] = middle
+            sizes = map_sizes(module, tuple(probe))
+            if any(sizes.get(key, (2, 2))[axis] == 1 for key in keys):
+                low = middle
+            else:
+                high = middle
+        if keys:
+            smallest[axis] = high
+    return tuple(smallest)
+
+
+def check_example_size(module, shape):
+    """Raises ValueError, naming the smallest size that exports, when a map
+    of ``module`` is 1 pixel high or wide on an example image of
+    ``shape``."""
+    ones = maps_of_one_pixel(module, shape)
+    if not ones:
+        return
+    (name, _, _), size = next(iter(ones.items()))
+    height, width = smallest_example_size(module, shape, ones)
+    raise ValueError(
+        f'an example of {shape[2]}x{shape[3]} makes the output of {name} '
+        f'{size[0]}x{size[1]} pixels ({len(ones)} maps of 1 pixel in '
+        f'height or width), and the exporter fixes in the graph every size '
+        f'that is 1 when it traces: the graph would fail, or compute '
+        f'wrong, at other sizes. Export at --shape {height} {width} or '
+        f'larger, the smallest example on which every map is 2 pixels or '
+        f'more in height and width')
+
+
+def export_onnx(module, path, example_shape=(2, 3, 128, 160), metadata=None):
     """Exports ``module`` (from :func:`raw_image_module`) to ``path`` with
-    dynamic batch, height and width.
+    dynamic sizes: its ``dynamic_axes``, by default batch, height and width.
 
-    The example's batch is 2, not 1, because the exporter may fix a size
-    that is 1 in the example.
+    The example's batch is 2, not 1, when the batch is dynamic, because the
+    exporter fixes a size that is 1 in the example.
+
+    Args:
+        metadata (dict[str, str], optional): The graph's metadata_props.
 
     Returns:
         list[str]: The names of the graph's outputs.
 
     Raises:
+        ValueError: When the example's size would fix a size of the graph
+            (:func:`check_example_size`).
         RuntimeError: When the exporter fixed a size that should be dynamic.
     """
-    import onnx
+    from .ops import onnx_translations
+    axes = getattr(module, 'dynamic_axes', DYNAMIC_AXES)
+    check_example_size(module, example_shape)
     with torch.no_grad():
         example = random_image(example_shape)
-        num_outputs = len(_as_tuple(module(example)))
-        output_names = (['seg_logits'] if isinstance(module, SegmentorLogits)
-                        else [f'features_{i}' for i in range(num_outputs)])
-        program = torch.onnx.export(
-            exportable_copy(module), (example, ),
+        names = output_names(module, _as_tuple(module(example)))
+        # torch.export first, then the translation to ONNX: mmdet's code
+        # takes other paths while torch.onnx.is_in_onnx_export() is true
+        try:
+            program = torch.export.export(
+                exportable_copy(module), (example, ),
+                dynamic_shapes=({
+                    axis: torch.export.Dim.DYNAMIC
+                    for axis in axes
+                }, ),
+                strict=False)
+        except Exception as error:
+            if 'specialized it to be a constant' in str(error):
+                raise RuntimeError(
+                    f'the exporter fixed the {", ".join(axes.values())} of '
+                    f'{path} to the example\'s: a module of this model reads '
+                    f'them as numbers') from error
+            raise
+        onnx_program = torch.onnx.export(
+            program, (example, ),
             dynamo=True,
             input_names=[INPUT_NAME],
-            output_names=output_names,
-            dynamic_shapes=(DYNAMIC_AXES, ),
+            output_names=names,
+            dynamic_shapes=(axes, ),
+            custom_translation_table=onnx_translations(),
             verbose=False)
-    program.save(path)
-    graph_input, = onnx.load(path, load_external_data=False).graph.input
-    dims = graph_input.type.tensor_type.shape.dim
-    fixed = [
-        name for axis, name in DYNAMIC_AXES.items() if not dims[axis].dim_param
-    ]
-    if fixed:
-        raise RuntimeError(
-            f'the exporter fixed the {", ".join(fixed)} of {path} to the '
-            f'example\'s: a module of this model reads them as numbers')
-    return output_names
+    for key, value in (metadata or {}).items():
+        onnx_program.model.metadata_props[key] = value
+    onnx_program.save(path)
+    return names
 
 
 def _as_tuple(outputs):
@@ -336,17 +456,16 @@ def onnxruntime_session(path):
         path, providers=['CPUExecutionProvider'])
 
 
-def verify(path, module, shapes, seed=0):
+def verify(path, module, images):
     """onnxruntime against PyTorch (``module``, with the model's own
-    modules) on random images of each of ``shapes``.
+    modules) on each of ``images`` (B, 3, H, W), RGB 0..255.
 
     Returns:
         list[float]: The relative error (:func:`relative_error`) at each.
     """
     session = onnxruntime_session(path)
     errors = []
-    for i, shape in enumerate(shapes):
-        image = random_image(shape, seed + i)
+    for image in images:
         with torch.no_grad():
             reference = _as_tuple(module(image))
         output = session.run(None, {INPUT_NAME: image.numpy()})
