@@ -1,7 +1,8 @@
 """ONNX export (tools/deployment/export_onnx.py, mmcvt.deployment): a whole
 segmentor from a raw image to logits, a detector's backbone and neck, with
 dynamic batch, height and width, checked in onnxruntime at sizes the export
-did not see, non-square ones included.
+did not see, non-square ones included; example sizes that would fix a size
+of the graph refused. Whole detectors: tests/test_detector_export.py.
 
 The bound: the graph computes in fp32 what PyTorch computes in fp32, in
 another order, so that the relative error stays near fp32's rounding;
@@ -20,8 +21,10 @@ from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 from mmengine.runner import load_checkpoint
 
+from mmcvt.deployment.inputs import channels_from_rgb, random_image
 from mmcvt.deployment.onnx_export import (AdaptiveAvgPool2dAsMatmul,
-                                          export_onnx, onnxruntime_session,
+                                          export_onnx, maps_of_one_pixel,
+                                          onnxruntime_session,
                                           raw_image_module, verify)
 from .tiny_models import save_checkpoint, write_tiny_config
 from .utils import REPO, load_tool
@@ -34,10 +37,10 @@ UNSEEN = ['1x3x96x160', '2x3x160x96']  # neither the export size nor square
 
 
 def run_tool(*args):
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         status = export_tool.main([str(a) for a in args])
-    return status, out.getvalue()
+    return status, out.getvalue() + err.getvalue()
 
 
 def printed_errors(printed):
@@ -83,14 +86,15 @@ def upernet(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def detector(tmp_path_factory):
-    """A tiny Mask R-CNN exported by the tool with its default part."""
+    """A tiny Mask R-CNN's backbone and FPN exported by the tool."""
     root = tmp_path_factory.mktemp('maskrcnn')
     config = write_tiny_config('maskrcnn', root)
     checkpoint = save_checkpoint(config, root / 'maskrcnn.pth')
     path = root / 'maskrcnn.onnx'
-    status, printed = run_tool(config, checkpoint, '--out', path, '--shape',
-                               *EXPORT_SIZE, '--verify', '--verify-shapes',
-                               *UNSEEN)
+    # the FPN's stride-64 level is 2x3 there, the least the export takes
+    status, printed = run_tool(config, checkpoint, '--out', path, '--part',
+                               'neck', '--shape', 128, 160, '--verify',
+                               '--verify-shapes', *UNSEEN)
     return dict(path=str(path), status=status, printed=printed)
 
 
@@ -153,16 +157,17 @@ def test_mmsegs_upsample_exports_with_a_symbolic_size(tmp_path):
         Upsample(scale_factor=2, mode='bilinear')).eval()
     path = str(tmp_path / 'upsample.onnx')
     export_onnx(module, path, example_shape=(2, 3, 32, 48))
-    errors = verify(path, module, [(1, 3, 48, 80), (2, 3, 72, 40)])
+    errors = verify(
+        path, module,
+        [random_image((1, 3, 48, 80)),
+         random_image((2, 3, 72, 40), seed=1)])
     assert max(errors) < FP32_BOUND
 
 
 @pytest.mark.slow
-def test_a_detector_exports_its_backbone_and_neck_saying_why(detector):
+def test_a_detectors_backbone_and_neck_export_with_part_neck(detector):
     assert detector['status'] == 0, detector['printed']
-    assert 'not exported: detectors\' heads run mmcv ops (RoIAlign and NMS' \
-        in detector['printed']
-    assert 'Exporting its backbone and neck instead' in detector['printed']
+    assert 'exported the backbone and neck of MaskRCNN' in detector['printed']
     errors = printed_errors(detector['printed'])
     assert set(errors) == set(UNSEEN)
     assert max(errors.values()) < FP32_BOUND
@@ -172,10 +177,44 @@ def test_a_detector_exports_its_backbone_and_neck_saying_why(detector):
             for o in graph.output] == [f'features_{i}' for i in range(5)]
 
 
-def test_a_whole_detector_is_refused_naming_the_mmcv_ops(tmp_path):
-    model = built(write_tiny_config('maskrcnn', tmp_path))
-    with pytest.raises(ValueError, match=r'RoIAlign and NMS.*--part neck'):
-        raw_image_module(model, 'model')
+def test_an_example_size_that_makes_a_map_1_pixel_is_refused(tmp_path):
+    """The tiny UperNet at 16x16 (the issue's case): its strided key/value
+    projections are 1x1 there. The tool exits 1 and names the smallest
+    example size at which every map is 2 pixels or more, before any
+    export."""
+    config = write_tiny_config('upernet', tmp_path)
+    status, printed = run_tool(config, '--out', tmp_path / 'upernet.onnx',
+                               '--shape', 16, 16)
+    assert status == 1
+    assert 'the exporter fixes in the graph every size that is 1' in printed
+    height, width = map(
+        int,
+        re.search(r'Export at --shape (\d+) (\d+) or larger',
+                  printed).groups())
+    module = raw_image_module(built(config), 'model')
+    assert maps_of_one_pixel(module, (2, 3, 16, 16))
+    assert not maps_of_one_pixel(module, (2, 3, height, width))
+    assert maps_of_one_pixel(module, (2, 3, height - 1, width))
+    assert maps_of_one_pixel(module, (2, 3, height, width - 1))
+    assert not (tmp_path / 'upernet.onnx').exists()
+
+
+def test_a_pooling_pyramids_constant_1x1_maps_are_no_reason_to_refuse(
+        tmp_path):
+    """UperNet's PPM pools to 1x1 whatever the size: not a size of the
+    input that the exporter could fix."""
+    module = raw_image_module(
+        built(write_tiny_config('upernet', tmp_path)), 'model')
+    assert not maps_of_one_pixel(module, (2, 3, *EXPORT_SIZE))
+
+
+@pytest.mark.parametrize('bgr_to_rgb', [True, False])
+def test_the_graph_reads_the_channels_the_preprocessor_gives_the_model(
+        bgr_to_rgb):
+    from mmdet.models.data_preprocessors import DetDataPreprocessor
+    preprocessor = DetDataPreprocessor(bgr_to_rgb=bgr_to_rgb)
+    assert channels_from_rgb(preprocessor) == ([0, 1, 2]
+                                               if bgr_to_rgb else [2, 1, 0])
 
 
 def test_mask2former_is_exported_as_backbone_and_neck_naming_why(tmp_path):

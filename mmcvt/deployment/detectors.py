@@ -784,9 +784,9 @@ def detections_class(detector):
         cls, problem = SingleStageDetections, single_stage_problem(detector)
     else:
         cls, problem = None, (
-            f'{type(detector).__name__} is none of the detectors the export '
-            f'covers: two-stage (Faster, Mask, Cascade Mask R-CNN), '
-            f'single-stage with an anchor head (RetinaNet), and DINO')
+            'it is none of the detectors the export covers: '
+            'two-stage (Faster, Mask, Cascade Mask R-CNN), '
+            'single-stage with an anchor head (RetinaNet), and DINO')
     if problem:
         raise ValueError(f'a whole {type(detector).__name__} is not '
                          f'exported: {problem}')

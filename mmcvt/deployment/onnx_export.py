@@ -171,6 +171,29 @@ class FeatureMaps(nn.Module):
         return tuple(self.neck(features) if self.neck else features)
 
 
+def build_model(cfg, checkpoint=None):
+    """The config's model to export: its backbone's own forward (the
+    exporter traces that, not torch.compile's), with ``checkpoint`` loaded
+    strictly, or random weights without one.
+
+    Returns:
+        tuple: The model and the checkpoint's ``meta.dataset_meta`` (None
+        without one).
+    """
+    from mmengine.runner import load_checkpoint
+
+    from mmcvt.analysis import build_random_model
+    from mmcvt.engine import explain_checkpoint_mismatch
+    cfg.model.backbone.pop('compile', None)
+    model = build_random_model(cfg)
+    if checkpoint is None:
+        return model, None
+    with explain_checkpoint_mismatch(checkpoint):
+        loaded = load_checkpoint(
+            model, checkpoint, map_location='cpu', strict=True)
+    return model, loaded.get('meta', {}).get('dataset_meta')
+
+
 def raw_image_module(model, part=None):
     """``part`` of ``model`` (default :func:`default_part`) as a module from
     a raw image, in eval mode on the CPU, sharing ``model``'s weights (a
@@ -449,11 +472,19 @@ def relative_error(output, reference):
     return (num / den)**0.5
 
 
-def onnxruntime_session(path):
-    """An onnxruntime session of the graph at ``path``, on the CPU."""
+def onnxruntime_session(path, threads=None, profile_prefix=None):
+    """An onnxruntime session of the graph at ``path``, on the CPU, with
+    ``threads`` threads in an op (default: onnxruntime's, the cores), and
+    its profiler on when ``profile_prefix`` names where to write."""
     import onnxruntime
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     return onnxruntime.InferenceSession(
-        path, providers=['CPUExecutionProvider'])
+        path, options, providers=['CPUExecutionProvider'])
 
 
 def verify(path, module, images):

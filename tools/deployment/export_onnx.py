@@ -33,14 +33,12 @@ import mmcv
 import mmengine
 import torch
 from mmengine.config import DictAction
-from mmengine.runner import load_checkpoint
 
 import mmcvt  # noqa: F401  registers CvT
-from mmcvt.analysis import build_random_model, config_from, positive_int
+from mmcvt.analysis import config_from, positive_int
 from mmcvt.deployment import detection_check, onnx_export
 from mmcvt.deployment.detectors import Detections
 from mmcvt.deployment.inputs import random_image
-from mmcvt.engine import explain_checkpoint_mismatch
 from mmcvt.fileio import install_checkpoint_loaders
 
 EXAMPLE_BATCH = 2  # not 1 where the batch is dynamic: the exporter fixes 1
@@ -130,35 +128,18 @@ def default_verify_shapes(height, width, detector):
             (3, 3, width + 40, height // 2 + 8)]
 
 
-def build_model(cfg, checkpoint):
-    """The config's model with the checkpoint loaded strictly, and the
-    checkpoint's dataset_meta (None without one)."""
-    # the exporter traces the backbone's own forward, not torch.compile's
-    cfg.model.backbone.pop('compile', None)
-    model = build_random_model(cfg)
-    if checkpoint is None:
-        print(
-            'no checkpoint: exporting the config\'s random initial '
-            'weights, which only tries the export',
-            file=sys.stderr)
-        return model, None
-    with explain_checkpoint_mismatch(checkpoint):
-        loaded = load_checkpoint(
-            model, checkpoint, map_location='cpu', strict=True)
-    return model, loaded.get('meta', {}).get('dataset_meta')
-
-
-def graph_metadata(dataset_meta):
-    """The graph's metadata_props: the checkpoint's classes and palette
-    (keys in lower case, as MMDetection's inferencer reads them)."""
+def graph_metadata(part, dataset_meta):
+    """The graph's metadata_props: the part exported, and the checkpoint's
+    classes and palette (keys in lower case, as MMDetection's inferencer
+    reads them)."""
     if not dataset_meta:
-        return {}
+        return {'part': part}
     meta = {key.lower(): value for key, value in dataset_meta.items()}
     kept = {
         key: [list(v) if isinstance(v, tuple) else v for v in meta[key]]
         for key in ('classes', 'palette') if key in meta
     }
-    return {'dataset_meta': json.dumps(kept)}
+    return {'part': part, 'dataset_meta': json.dumps(kept)}
 
 
 def describe(module_name, part):
@@ -239,7 +220,12 @@ def main(argv=None):
 
 
 def export_and_verify(cfg, args):
-    model, dataset_meta = build_model(cfg, args.checkpoint)
+    model, dataset_meta = onnx_export.build_model(cfg, args.checkpoint)
+    if args.checkpoint is None:
+        print(
+            'no checkpoint: exporting the config\'s random initial '
+            'weights, which only tries the export',
+            file=sys.stderr)
     part = args.part or onnx_export.default_part(model)
     if args.part is None and part != 'model':
         print(f'{onnx_export.whole_model_problem(model)}. Exporting its '
@@ -256,7 +242,7 @@ def export_and_verify(cfg, args):
     start = time.perf_counter()
     example_shape = (1 if 0 not in axes else EXAMPLE_BATCH, 3, *args.shape)
     outputs = onnx_export.export_onnx(module, args.out, example_shape,
-                                      graph_metadata(dataset_meta))
+                                      graph_metadata(part, dataset_meta))
     print(f'exported {describe(type(model).__name__, part)} to {args.out} '
           f'({os.path.getsize(args.out) / 2**20:.1f} MiB) in '
           f'{time.perf_counter() - start:.0f} s, at '
