@@ -24,8 +24,8 @@ from mmengine.structures import InstanceData
 from mmcvt.deployment import detection_check
 from mmcvt.deployment.detection_check import (compare_detections,
                                               predicted_instances)
-from mmcvt.deployment.detectors import (DeformableAttentionOfSizes,
-                                        detections_module)
+from mmcvt.deployment.deformable import DeformableAttentionOfSizes
+from mmcvt.deployment.detectors import detections_module
 from mmcvt.deployment.inputs import random_image
 from mmcvt.deployment.onnx_export import default_part, whole_model_problem
 from mmcvt.deployment.ops import batched_nms, roi_align

@@ -22,10 +22,9 @@ from mmengine.registry import MODELS, init_default_scope
 from mmengine.runner import load_checkpoint
 
 from mmcvt.deployment.inputs import channels_from_rgb, random_image
-from mmcvt.deployment.onnx_export import (AdaptiveAvgPool2dAsMatmul,
-                                          export_onnx, maps_of_one_pixel,
-                                          onnxruntime_session,
-                                          raw_image_module, verify)
+from mmcvt.deployment.onnx_export import (
+    AdaptiveAvgPool2dAsMatmul, export_onnx, exportable_copy, maps_of_one_pixel,
+    onnxruntime_session, raw_image_module, verify, whole_model_problem)
 from .tiny_models import save_checkpoint, write_tiny_config
 from .utils import REPO, load_tool
 
@@ -217,13 +216,45 @@ def test_the_graph_reads_the_channels_the_preprocessor_gives_the_model(
                                                if bgr_to_rgb else [2, 1, 0])
 
 
-def test_mask2former_is_exported_as_backbone_and_neck_naming_why(tmp_path):
-    model = built(REPO / 'configs/mask2former_cvt13_ade20k.py')
-    with pytest.raises(
-            ValueError,
-            match=r'(?s)MultiScaleDeformableAttention.*--part '
-            r'neck'):
+def test_mask2formers_pixel_decoder_computes_the_same_with_sizes_as_numbers(
+        tmp_path):
+    """The exported copy of a whole Mask2Former segmentor: its pixel
+    decoder and deformable attention replaced by ones that take the levels'
+    sizes as numbers, on the same weights; the model keeps mmcv's."""
+    from mmcv.ops import MultiScaleDeformableAttention
+    model = built(write_tiny_config('mask2former', tmp_path))
+    assert whole_model_problem(model) is None
+    module = raw_image_module(model, 'model')
+    image = random_image((1, 3, 97, 131))
+    with torch.no_grad():
+        expected = module(image)
+        got = exportable_copy(module)(image)
+    assert (got - expected).norm() / expected.norm() < FP32_BOUND
+    assert any(
+        isinstance(m, MultiScaleDeformableAttention) for m in model.modules())
+
+
+def test_the_coco_mask2former_exports_its_backbone_and_neck_naming_why():
+    """The panoptic one is a detector, whose panoptic fusion the export
+    does not cover."""
+    model = built(REPO / 'configs/mask2former_cvt13_coco.py')
+    assert 'none of the detectors the export covers' in whole_model_problem(
+        model)
+    with pytest.raises(ValueError, match='--part neck'):
         raw_image_module(model, 'model')
+
+
+@pytest.mark.slow
+def test_a_whole_mask2former_verifies_at_unseen_sizes(tmp_path):
+    config = write_tiny_config('mask2former', tmp_path)
+    status, printed = run_tool(config, '--out', tmp_path / 'm2f.onnx',
+                               '--shape', *EXPORT_SIZE, '--verify',
+                               '--verify-shapes', *UNSEEN)
+    assert status == 0, printed
+    assert 'exported the whole EncoderDecoder' in printed
+    errors = printed_errors(printed)
+    assert set(errors) == set(UNSEEN)
+    assert max(errors.values()) < FP32_BOUND
 
 
 @pytest.mark.slow

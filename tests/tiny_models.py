@@ -15,6 +15,7 @@ DEMO_CONFIGS = {
     'retinanet': REPO / 'configs/retinanet_cvt13_coco.py',
     'dino': REPO / 'configs/dino-4scale_cvt13_coco.py',
     'cascade': REPO / 'configs/cascade-maskrcnn_cvt13_ms-3x_coco.py',
+    'mask2former': REPO / 'configs/mask2former_cvt13_ade20k.py',
 }
 # the COCO configs' models on the shapes' classes
 SHAPES_METAINFO = ("metainfo = dict(classes=('circle', 'square', 'triangle'),"
@@ -54,6 +55,12 @@ HEADS = {
     'decoder=dict(num_layers=2,\n'
     '    layer_cfg=dict(ffn_cfg=dict(feedforward_channels=64))),\n'
     'test_cfg=dict(max_per_img=100),',
+    # 2 pixel decoder layers of 6, 3 transformer decoder layers of 9
+    'mask2former':
+    f'neck=dict(in_channels={CHANNELS}, extra_channels=[96]),\n'
+    f'decode_head=dict(in_channels={CHANNELS + [96]}, num_classes=4,\n'
+    '    pixel_decoder=dict(encoder=dict(num_layers=2)),\n'
+    '    transformer_decoder=dict(num_layers=3)),',
     'cascade':
     f'neck=dict(in_channels={CHANNELS}, out_channels=32),\n'
     'rpn_head=dict(in_channels=32, feat_channels=32),\n'
@@ -81,7 +88,7 @@ def write_tiny_config(kind, directory, data_root=None, base=None, extra=''):
             data += (f'test_evaluator = dict(ann_file='
                      f'{str(data_root) + "/annotations/instances_val.json"!r})'
                      '\n')
-    if kind not in ('maskrcnn', 'upernet'):
+    if kind not in ('maskrcnn', 'upernet', 'mask2former'):
         data += SHAPES_METAINFO
     path = directory / f'tiny_{kind}.py'
     # no pretrained weights to download

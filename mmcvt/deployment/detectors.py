@@ -31,15 +31,13 @@ head (Faster, Mask and Cascade Mask R-CNN), single-stage detectors whose
 head is an anchor head post-processed as MMDetection's ``BaseDenseHead``
 does (RetinaNet), and DINO.
 """
-import copy
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmcv.ops.multi_scale_deform_attn import \
-    multi_scale_deformable_attn_pytorch
 
+from .deformable import with_sizes_as_numbers
 from .inputs import RawImageInput
 from .ops import batched_nms, roi_align
 
@@ -462,77 +460,6 @@ class TwoStageDetections(Detections):
         return bbox_head, rois, cls_score, bbox_pred
 
 
-class DeformableAttentionOfSizes(nn.Module):
-    """mmcv's ``MultiScaleDeformableAttention`` (its CPU path), with the
-    levels' sizes as a list of (height, width) numbers where mmcv reads them
-    from a tensor: the exporter keeps numbers symbolic, and fixes the
-    example's sizes when they pass through tensor data. Same parameters."""
-
-    def __init__(self, attention):
-        super().__init__()
-        self.attention = attention
-
-    def forward(self,
-                query,
-                key=None,
-                value=None,
-                identity=None,
-                query_pos=None,
-                key_padding_mask=None,
-                reference_points=None,
-                spatial_shapes=None,
-                **kwargs):
-        attention = self.attention
-        value = query if value is None else value
-        identity = query if identity is None else identity
-        if query_pos is not None:
-            query = query + query_pos
-        if not attention.batch_first:
-            query, value = query.permute(1, 0, 2), value.permute(1, 0, 2)
-        batch, num_query, _ = query.shape
-        num_value = value.shape[1]
-        heads, levels, points = (attention.num_heads, attention.num_levels,
-                                 attention.num_points)
-        value = attention.value_proj(value)
-        if key_padding_mask is not None:
-            value = value.masked_fill(key_padding_mask[..., None], 0.0)
-        value = value.view(batch, num_value, heads, -1)
-        offsets = attention.sampling_offsets(query).view(
-            batch, num_query, heads, levels, points, 2)
-        weights = attention.attention_weights(query).view(
-            batch, num_query, heads,
-            levels * points).softmax(-1).view(batch, num_query, heads, levels,
-                                              points)
-        if reference_points.shape[-1] == 2:
-            one = query.new_ones(())
-            normaliser = torch.stack(
-                [torch.stack([one * w, one * h]) for h, w in spatial_shapes])
-            locations = reference_points[:, :, None, :, None, :] + \
-                offsets / normaliser[None, None, None, :, None, :]
-        else:
-            locations = reference_points[:, :, None, :, None, :2] + \
-                offsets / points * reference_points[:, :, None, :, None, 2:] \
-                * 0.5
-        output = multi_scale_deformable_attn_pytorch(value, spatial_shapes,
-                                                     locations, weights)
-        output = attention.output_proj(output)
-        if not attention.batch_first:
-            output = output.permute(1, 0, 2)
-        return attention.dropout(output) + identity
-
-
-def with_attention_of_sizes(module):
-    """A deep copy of ``module`` whose mmcv deformable attentions are
-    :class:`DeformableAttentionOfSizes`."""
-    from mmcv.ops import MultiScaleDeformableAttention
-    module = copy.deepcopy(module)
-    for parent in list(module.modules()):
-        for name, child in parent.named_children():
-            if isinstance(child, MultiScaleDeformableAttention):
-                setattr(parent, name, DeformableAttentionOfSizes(child))
-    return module
-
-
 def pixel_centres(size, like):
     """0.5, 1.5, ... ``size`` - 0.5: ``torch.linspace(0.5, size - 0.5,
     size)`` exactly, whose number of steps the exporter fixes."""
@@ -542,13 +469,13 @@ def pixel_centres(size, like):
 class DINODetections(Detections):
     """DINO (``DINO.predict``) on an image the preprocessor does not pad,
     the encoder's and decoder's deformable attention given the levels'
-    sizes as numbers (:class:`DeformableAttentionOfSizes`); on a copy of
-    the detector's modules."""
+    sizes as numbers (:class:`~.deformable.DeformableAttentionOfSizes`);
+    on a copy of the detector's modules."""
 
     score_threshold = 0  # DINO keeps its max_per_img best, whatever they score
 
     def __init__(self, detector):
-        super().__init__(with_attention_of_sizes(detector))
+        super().__init__(with_sizes_as_numbers(detector))
 
     @property
     def max_detections(self):

@@ -33,13 +33,13 @@ wide gives a graph that fails, or computes wrong, at other sizes:
 (:func:`smallest_example_size`).
 """
 import collections
-import copy
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model import revert_sync_batchnorm
 
+from .deformable import replaced_mmcv_ops, with_sizes_as_numbers
 from .inputs import INPUT_NAME, RawImageInput, random_image
 
 PARTS = ('model', 'neck', 'backbone')
@@ -83,7 +83,8 @@ def whole_model_problem(model):
         return (f'a whole {type(model).__name__} is not exported: it is '
                 f'neither an MMDetection detector nor an MMSegmentation '
                 f'segmentor')
-    ops = mmcv_op_modules(model)
+    replaced = set(replaced_mmcv_ops(model))
+    ops = [name for name in mmcv_op_modules(model) if name not in replaced]
     if ops:
         return (f'a whole {type(model).__name__} with '
                 f'{type(model.decode_head).__name__} is not exported: '
@@ -283,9 +284,11 @@ def exportable_copy(module):
     the example's size only are replaced by equivalents that export for
     every size: ``nn.AdaptiveAvgPool2d`` by
     :class:`AdaptiveAvgPool2dAsMatmul`, MMSegmentation's ``Upsample`` by
-    one that keeps its output size symbolic."""
+    one that keeps its output size symbolic, and Mask2Former's pixel decoder
+    and its deformable attention by ones that take the sizes as numbers
+    (:mod:`mmcvt.deployment.deformable`)."""
     upsample, symbolic_upsample = _symbolic_upsample_class()
-    module = copy.deepcopy(module)
+    module = with_sizes_as_numbers(module)
     for parent in list(module.modules()):
         for name, child in parent.named_children():
             if isinstance(child, nn.AdaptiveAvgPool2d):
