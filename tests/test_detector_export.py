@@ -115,6 +115,19 @@ def test_the_export_leaves_the_models_own_modules_as_they_were(tiny):
     assert set(holders(module)) == {DeformableAttentionOfSizes}
 
 
+def test_an_image_too_small_for_dinos_queries_is_refused_with_the_size(tiny):
+    """The tiny DINO selects 50 queries among its encoder's tokens; at
+    32x32 it has fewer. The size named is the smallest square that has
+    enough."""
+    module = detections_module(tiny('dino')[1])
+    assert module.size_problem(*ODD_SHAPES[0][2:]) is None
+    problem = module.size_problem(32, 32)
+    assert 'picks its 50 queries' in problem
+    side = int(re.search(r'images of (\d+)x\1 or more', problem)[1])
+    assert module.num_tokens(side, side) >= 50
+    assert module.num_tokens(side - 1, side - 1) < 50
+
+
 def test_dino_with_a_padding_preprocessor_is_refused_saying_why(tmp_path):
     model = built(
         write_tiny_config('dino', tmp_path),

@@ -361,6 +361,11 @@ class Detections(nn.Module):
         the padded image, for an image of ``img_shape`` (height, width)."""
         raise NotImplementedError
 
+    def size_problem(self, height, width):
+        """Why the detector cannot run on an image of ``height`` x
+        ``width``, or None."""
+        return None
+
     # score_threshold, max_detections: the cut-offs of the test_cfg
 
 
@@ -481,6 +486,33 @@ class DINODetections(Detections):
     def max_detections(self):
         head = self.detector.bbox_head
         return head.test_cfg.get('max_per_img', self.detector.num_queries)
+
+    def num_tokens(self, height, width):
+        """The encoder's tokens for an image of ``height`` x ``width``: the
+        pixels of its feature maps."""
+        with torch.no_grad():
+            feats = self.detector.extract_feat(
+                self.input(torch.zeros(1, 3, height, width)))
+        return sum(feat.shape[-2] * feat.shape[-1] for feat in feats)
+
+    def size_problem(self, height, width):
+        queries = self.detector.num_queries
+        tokens = self.num_tokens(height, width)
+        if tokens >= queries:
+            return None
+        low, high = max(height, width), 2 * max(height, width)
+        while self.num_tokens(high, high) < queries:
+            low, high = high, 2 * high
+        while high - low > 1:  # low has too few tokens, high enough
+            middle = (low + high) // 2
+            if self.num_tokens(middle, middle) < queries:
+                low = middle
+            else:
+                high = middle
+        return (f'DINO picks its {queries} queries among the encoder\'s '
+                f'tokens, the pixels of its feature maps: an image of '
+                f'{height}x{width} gives {tokens}. Give it images of '
+                f'{high}x{high} or more (or as many pixels)')
 
     def detect(self, feats, img_shape):
         dino = self.detector

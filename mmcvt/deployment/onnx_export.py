@@ -378,6 +378,15 @@ def smallest_example_size(module, shape, ones):
     return tuple(smallest)
 
 
+def check_runs_at(module, shape, what):
+    """Raises ValueError when ``module`` cannot run on an image of
+    ``shape`` (its ``size_problem``), saying why; ``what`` names the
+    image."""
+    problem = getattr(module, 'size_problem', lambda *size: None)(*shape[2:])
+    if problem:
+        raise ValueError(f'{what}, {"x".join(map(str, shape))}: {problem}')
+
+
 def check_example_size(module, shape):
     """Raises ValueError, naming the smallest size that exports, when a map
     of ``module`` is 1 pixel high or wide on an example image of
@@ -417,6 +426,7 @@ def export_onnx(module, path, example_shape=(2, 3, 128, 160), metadata=None):
     """
     from .ops import onnx_translations
     axes = getattr(module, 'dynamic_axes', DYNAMIC_AXES)
+    check_runs_at(module, example_shape, 'the example')
     check_example_size(module, example_shape)
     with torch.no_grad():
         example = random_image(example_shape)

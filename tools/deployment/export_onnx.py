@@ -238,6 +238,9 @@ def export_and_verify(cfg, args):
     if detector and any(shape[0] != 1 for shape in shapes):
         raise ValueError('--verify-shapes: a detector\'s graph takes one '
                          'image, batch 1')
+    if args.verify:
+        for shape in shapes:
+            onnx_export.check_runs_at(module, shape, '--verify-shapes')
 
     start = time.perf_counter()
     example_shape = (1 if 0 not in axes else EXAMPLE_BATCH, 3, *args.shape)
