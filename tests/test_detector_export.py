@@ -264,6 +264,23 @@ def test_a_box_moved_by_a_pixel_is_out_of_bounds():
     assert comparison.worst_box_iou == pytest.approx(10 / 11)
 
 
+def test_a_box_under_a_pixel_must_be_within_a_hundredth_of_a_pixel():
+    """Its IoU says nothing: 1e-3 px of 0.2 px is 0.5%."""
+    thin = [[0, 0, 10, 0.2], *BOXES[1:]]
+    reference = detections(thin, [0.9, 0.5, 0.3], [0, 1, 0])
+    close = [[0, 0, 10, 0.201], *BOXES[1:]]
+    comparison = compare_detections(
+        detections(close, [0.9, 0.5, 0.3], [0, 1, 0]), instances(reference),
+        0.05, 100)
+    assert comparison.ok and comparison.worst_box_iou == 1
+    assert comparison.worst_tiny_box_pixels == pytest.approx(1e-3, rel=1e-2)
+    far = [[0, 0, 10, 0.22], *BOXES[1:]]
+    comparison = compare_detections(
+        detections(far, [0.9, 0.5, 0.3], [0, 1, 0]), instances(reference),
+        0.05, 100)
+    assert not comparison.ok
+
+
 def test_a_score_off_by_more_than_1e_3_is_out_of_bounds():
     reference = detections(BOXES, [0.9, 0.5, 0.3], [0, 1, 0])
     comparison = compare_detections(

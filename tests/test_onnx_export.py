@@ -17,6 +17,7 @@ import onnx
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 from mmengine.runner import load_checkpoint
@@ -63,6 +64,11 @@ def built(config, checkpoint=None):
         load_checkpoint(
             model, str(checkpoint), map_location='cpu', strict=True)
     return model.eval()
+
+
+@pytest.fixture
+def upernet_model(tmp_path):
+    return built(write_tiny_config('upernet', tmp_path))
 
 
 @pytest.fixture(scope='module')
@@ -205,6 +211,38 @@ def test_a_pooling_pyramids_constant_1x1_maps_are_no_reason_to_refuse(
     module = raw_image_module(
         built(write_tiny_config('upernet', tmp_path)), 'model')
     assert not maps_of_one_pixel(module, (2, 3, *EXPORT_SIZE))
+
+
+@pytest.mark.parametrize('num_queries', [5, 16, 67])
+def test_attention_in_chunks_of_queries_is_the_same_attention(num_queries):
+    """Fewer queries than chunks, as many, and a last chunk padded."""
+    from mmcvt.models.layers import chunked_attention
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 3, num_queries, 8, generator=generator)
+    k, v = torch.randn(2, 2, 3, 11, 8, generator=generator)
+    expected = F.scaled_dot_product_attention(q, k, v, scale=0.3)
+    torch.testing.assert_close(chunked_attention(q, k, v, 0.3), expected)
+
+
+def test_the_exported_copy_runs_cvts_attention_in_chunks(upernet_model):
+    from mmcvt.models.backbones.cvt import ConvAttention
+    module = raw_image_module(upernet_model, 'model')
+    exported = exportable_copy(module)
+    impls = {
+        name: sub.attn_impl
+        for name, sub in exported.named_modules()
+        if isinstance(sub, ConvAttention)
+    }
+    assert impls and set(impls.values()) == {'chunked'}
+    assert {
+        sub.attn_impl
+        for sub in upernet_model.modules() if isinstance(sub, ConvAttention)
+    } == {'sdpa'}
+    image = random_image((1, 3, 67, 91))
+    with torch.no_grad():
+        expected = module(image)
+        got = exported(image)
+    assert (got - expected).norm() / expected.norm() < FP32_BOUND
 
 
 @pytest.mark.parametrize('bgr_to_rgb', [True, False])

@@ -216,7 +216,13 @@ def dense_detections(head, feats, img_shape):
 
 def roi_features(extractor, feats, rois):
     """``SingleRoIExtractor.forward`` at test time: each RoI (N, 5) pooled
-    from the level its size maps to. Returns (N, C, out_h, out_w)."""
+    from the level its size maps to. Returns (N, C, out_h, out_w).
+
+    The levels' RoIs are pooled one level after another and put back in
+    order by one gather, where MMDetection writes each level's into a
+    tensor of zeros: in a graph each such write is a copy of the whole
+    tensor.
+    """
     feats = feats[:extractor.num_inputs]
     layers = extractor.roi_layers
     out_h, out_w = layers[0].output_size
@@ -230,12 +236,11 @@ def roi_features(extractor, feats, rois):
     if len(feats) == 1:
         return pool(0, rois)
     levels = extractor.map_roi_levels(rois, len(feats))
-    pooled = feats[0].new_zeros(rois.shape[0], extractor.out_channels, out_h,
-                                out_w)
-    for level in range(len(feats)):
-        at_level = (levels == level).nonzero().squeeze(1)
-        pooled = pooled.index_put((at_level, ), pool(level, rois[at_level]))
-    return pooled
+    at_levels = [(levels == level).nonzero().squeeze(1)
+                 for level in range(len(feats))]
+    pooled = torch.cat(
+        [pool(level, rois[at]) for level, at in enumerate(at_levels)])
+    return pooled[torch.cat(at_levels).argsort()]
 
 
 def with_batch_index(boxes):

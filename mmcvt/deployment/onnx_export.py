@@ -286,9 +286,15 @@ def exportable_copy(module):
     :class:`AdaptiveAvgPool2dAsMatmul`, MMSegmentation's ``Upsample`` by
     one that keeps its output size symbolic, and Mask2Former's pixel decoder
     and its deformable attention by ones that take the sizes as numbers
-    (:mod:`mmcvt.deployment.deformable`)."""
+    (:mod:`mmcvt.deployment.deformable`). CvT's attention runs in chunks of
+    queries (``attn_impl='chunked'``), which onnxruntime runs in less time
+    and memory than the whole."""
+    from mmcvt.models.backbones.cvt import ConvAttention
     upsample, symbolic_upsample = _symbolic_upsample_class()
     module = with_sizes_as_numbers(module)
+    for sub in module.modules():
+        if isinstance(sub, ConvAttention):
+            sub.attn_impl = 'chunked'
     for parent in list(module.modules()):
         for name, child in parent.named_children():
             if isinstance(child, nn.AdaptiveAvgPool2d):
