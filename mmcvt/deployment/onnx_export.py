@@ -175,12 +175,16 @@ class FeatureMaps(nn.Module):
 def build_model(cfg, checkpoint=None):
     """The config's model to export: its backbone's own forward (the
     exporter traces that, not torch.compile's), with ``checkpoint`` loaded
-    strictly, or random weights without one.
+    strictly, or without one the config's random initial weights
+    (``init_weights``, without pretrained ones).
 
     Returns:
         tuple: The model and the checkpoint's ``meta.dataset_meta`` (None
         without one).
     """
+    import logging
+
+    from mmengine.logging import MMLogger
     from mmengine.runner import load_checkpoint
 
     from mmcvt.analysis import build_random_model
@@ -188,6 +192,16 @@ def build_model(cfg, checkpoint=None):
     cfg.model.backbone.pop('compile', None)
     model = build_random_model(cfg)
     if checkpoint is None:
+        # not PyTorch's default initialisation, whose heads give logits
+        # near 0 (masks at a probability of 0.5, on the threshold); and
+        # without mmengine's log of every parameter's initialisation
+        logger = MMLogger.get_current_instance()
+        level = logger.level
+        logger.setLevel(logging.WARNING)
+        try:
+            model.init_weights()
+        finally:
+            logger.setLevel(level)
         return model, None
     with explain_checkpoint_mismatch(checkpoint):
         loaded = load_checkpoint(
