@@ -146,6 +146,27 @@ def test_a_detector_the_export_does_not_cover_exports_its_neck_naming_why():
     assert default_part(model) == 'neck'
 
 
+def test_a_roi_heads_batch_norm_is_the_same_affine_map_in_the_export(tiny):
+    """The cascade's 4conv1fc heads normalise with (reverted Sync)
+    BatchNorms, which torch's exporter cannot trace on a number of RoIs that
+    the data make: the exported copy has the affine map they compute."""
+    from mmcvt.deployment.onnx_export import BatchNormAsAffine, exportable_copy
+    _, model = tiny('cascade')
+    module = detections_module(model)
+    exported = exportable_copy(module)
+    swapped = [
+        name for name, sub in exported.named_modules()
+        if isinstance(sub, BatchNormAsAffine)
+    ]
+    assert swapped and all('roi_head.' in name for name in swapped)
+    norm = exported.get_submodule(swapped[0]).norm
+    norm.running_mean.uniform_(-1, 1)
+    norm.running_var.uniform_(0.5, 2)
+    x = torch.randn(5, norm.num_features, 7, 7)
+    torch.testing.assert_close(
+        exported.get_submodule(swapped[0])(x), norm(x), rtol=1e-5, atol=1e-5)
+
+
 # ---- the ops -----------------------------------------------------------
 
 
@@ -380,7 +401,7 @@ def exported(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('kind', ['retinanet', 'maskrcnn', 'dino'])
+@pytest.mark.parametrize('kind', ['retinanet', 'maskrcnn', 'dino', 'cascade'])
 def test_a_tiny_detector_exports_whole_and_verifies_at_odd_sizes(
         kind, exported):
     status, printed, _ = exported(kind)
@@ -391,7 +412,7 @@ def test_a_tiny_detector_exports_whole_and_verifies_at_odd_sizes(
     for by_onnxruntime, by_pytorch, matched in counts.values():
         assert matched > 0 and by_pytorch > 0
         assert by_onnxruntime - matched <= 2 and by_pytorch - matched <= 2
-    if kind == 'maskrcnn':
+    if kind in ('maskrcnn', 'cascade'):
         assert 'mask IoU' in printed
 
 

@@ -276,6 +276,38 @@ class AdaptiveAvgPool2dAsMatmul(nn.Module):
         return rows @ x @ columns.T
 
 
+def is_batch_norm(module):
+    """Whether ``module`` is a BatchNorm of any dimension, torch's or the
+    one mmengine's ``revert_sync_batchnorm`` makes of a SyncBatchNorm (whose
+    common base class torch keeps private): a norm with running
+    statistics that is not an InstanceNorm."""
+    instance_norms = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+    return getattr(module, 'running_var', None) is not None and \
+        not isinstance(module, instance_norms)
+
+
+class BatchNormAsAffine(nn.Module):
+    """An eval-mode BatchNorm as the affine map it is, for export only.
+
+    torch 2.13's exporter cannot trace ``F.batch_norm`` on a batch whose
+    size the data make (the RoIs of a detector's RoI head: it asks whether
+    the input is empty); this is the same map in elementwise ops.
+    """
+
+    def __init__(self, norm):
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x):
+        norm = self.norm
+        shape = (1, -1) + (1, ) * (x.dim() - 2)
+        scale = torch.rsqrt(norm.running_var + norm.eps)
+        if norm.weight is not None:
+            scale = scale * norm.weight
+        out = (x - norm.running_mean.view(shape)) * scale.view(shape)
+        return out if norm.bias is None else out + norm.bias.view(shape)
+
+
 def _symbolic_upsample_class():
     from mmseg.models.utils import Upsample
 
@@ -302,13 +334,19 @@ def exportable_copy(module):
     and its deformable attention by ones that take the sizes as numbers
     (:mod:`mmcvt.deployment.deformable`). CvT's attention runs in chunks of
     queries (``attn_impl='chunked'``), which onnxruntime runs in less time
-    and memory than the whole."""
+    and memory than the whole. BatchNorms of RoI heads, which run on as many
+    RoIs as the data give, by :class:`BatchNormAsAffine`."""
     from mmcvt.models.backbones.cvt import ConvAttention
     upsample, symbolic_upsample = _symbolic_upsample_class()
     module = with_sizes_as_numbers(module)
     for sub in module.modules():
         if isinstance(sub, ConvAttention):
             sub.attn_impl = 'chunked'
+    for parent_name, parent in list(module.named_modules()):
+        for name, child in parent.named_children():
+            if is_batch_norm(child) and not child.training and \
+                    'roi_head.' in f'{parent_name}.{name}':
+                setattr(parent, name, BatchNormAsAffine(child))
     for parent in list(module.modules()):
         for name, child in parent.named_children():
             if isinstance(child, nn.AdaptiveAvgPool2d):
