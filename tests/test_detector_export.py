@@ -9,8 +9,6 @@ module against ``model.predict`` in PyTorch on images of odd sizes (the
 same code up to the order of additions: boxes to 1e-4 px), then exported
 by the tool and verified in onnxruntime at two odd sizes that are not the
 export size (slow)."""
-import contextlib
-import io
 import re
 
 import numpy as np
@@ -22,15 +20,15 @@ from mmengine.registry import MODELS, init_default_scope
 from mmengine.structures import InstanceData
 
 from mmcvt.deployment import detection_check
+from mmcvt.deployment.deformable import DeformableAttentionOfSizes
 from mmcvt.deployment.detection_check import (compare_detections,
                                               predicted_instances)
-from mmcvt.deployment.deformable import DeformableAttentionOfSizes
 from mmcvt.deployment.detectors import detections_module
 from mmcvt.deployment.inputs import random_image
 from mmcvt.deployment.onnx_export import default_part, whole_model_problem
 from mmcvt.deployment.ops import batched_nms, roi_align
 from .tiny_models import save_checkpoint, write_tiny_config
-from .utils import REPO, load_tool
+from .utils import REPO, load_tool, run_main
 
 export_tool = load_tool('deployment/export_onnx.py')
 
@@ -362,10 +360,7 @@ def test_masks_that_differ_by_more_than_2_percent_are_out_of_bounds():
 
 
 def run_tool(*args):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = export_tool.main([str(a) for a in args])
-    return status, out.getvalue() + err.getvalue()
+    return run_main(export_tool, *args)
 
 
 def verified(printed):

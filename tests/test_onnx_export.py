@@ -8,8 +8,6 @@ The bound: the graph computes in fp32 what PyTorch computes in fp32, in
 another order, so that the relative error stays near fp32's rounding;
 measured 2e-7 to 8e-7 on these models. A wrong bin, a wrong channel order or
 a size fixed at export gives errors of 1e-2 and more."""
-import contextlib
-import io
 import re
 
 import numpy as np
@@ -27,7 +25,7 @@ from mmcvt.deployment.onnx_export import (
     AdaptiveAvgPool2dAsMatmul, export_onnx, exportable_copy, maps_of_one_pixel,
     onnxruntime_session, raw_image_module, verify, whole_model_problem)
 from .tiny_models import save_checkpoint, write_tiny_config
-from .utils import REPO, load_tool
+from .utils import REPO, load_tool, run_main
 
 export_tool = load_tool('deployment/export_onnx.py')
 
@@ -37,10 +35,7 @@ UNSEEN = ['1x3x96x160', '2x3x160x96']  # neither the export size nor square
 
 
 def run_tool(*args):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = export_tool.main([str(a) for a in args])
-    return status, out.getvalue() + err.getvalue()
+    return run_main(export_tool, *args)
 
 
 def printed_errors(printed):

@@ -146,72 +146,84 @@ def level_maps(head, cls_score, bbox_pred):
             bbox_pred[0].permute(1, 2, 0).reshape(-1, encode_size))
 
 
-def rpn_proposals(rpn_head, feats, img_shape):
-    """The RPN's proposals, (N, 4), as ``RPNHead.predict`` gives them with
-    its test_cfg: each level's ``nms_pre`` best anchors, decoded, small
-    boxes dropped, NMS within each level, the ``max_per_img`` best."""
-    cfg = rpn_head.test_cfg
-    cls_scores, bbox_preds = rpn_head(feats)
-    priors = rpn_head.prior_generator.grid_priors(
-        [score.shape[-2:] for score in cls_scores],
-        dtype=cls_scores[0].dtype,
-        device=cls_scores[0].device)
-    levels_deltas, levels_priors, levels_scores, level_ids = [], [], [], []
-    for level, (cls_score,
-                bbox_pred) in enumerate(zip(cls_scores, bbox_preds)):
-        logits, deltas = level_maps(rpn_head, cls_score, bbox_pred)
-        scores = class_probabilities(rpn_head, logits).reshape(-1)
-        scores, best = top_k(scores, cfg.get('nms_pre', -1))
-        levels_deltas.append(deltas[best])
-        levels_priors.append(priors[level][best])
-        levels_scores.append(scores)
-        level_ids.append(torch.full_like(best, level))
-    boxes = decode_boxes(rpn_head.bbox_coder, torch.cat(levels_priors),
-                         torch.cat(levels_deltas), img_shape)
-    boxes, scores, level_ids = drop_small_boxes(boxes,
-                                                cfg.get('min_bbox_size', -1),
-                                                torch.cat(levels_scores),
-                                                torch.cat(level_ids))
-    keep = grouped_nms(boxes, scores, level_ids, len(cls_scores), cfg.nms,
-                       'rpn_head.test_cfg.nms')
-    return boxes[keep[:cfg.max_per_img]]
+def dense_head_detections(head, feats, img_shape, candidates, num_groups,
+                          where):
+    """What RPNHead's and BaseDenseHead's post-processing share: on each
+    level the ``candidates`` of its scores, their boxes decoded, small ones
+    dropped, NMS within each group, the ``max_per_img`` best.
 
+    Args:
+        candidates (callable): (H * W * A, C) scores of a level and the
+            level's index -> that level's candidates' scores (K, ), anchor
+            indices (K, ) and NMS groups (K, ).
 
-def dense_detections(head, feats, img_shape):
-    """A single-stage anchor head's detections, as
-    ``BaseDenseHead.predict_by_feat`` gives them with its test_cfg: on each
-    level the ``nms_pre`` best (anchor, class) pairs scored above
-    ``score_thr``, decoded, small boxes dropped, NMS within each class,
-    the ``max_per_img`` best."""
+    Returns:
+        tuple[Tensor]: bboxes (N, 4), scores (N, ), groups (N, ).
+    """
     cfg = head.test_cfg
     cls_scores, bbox_preds = head(feats)
     priors = head.prior_generator.grid_priors(
         [score.shape[-2:] for score in cls_scores],
         dtype=cls_scores[0].dtype,
         device=cls_scores[0].device)
-    levels_deltas, levels_priors, levels_scores, levels_labels = [], [], [], []
+    kept = dict(deltas=[], priors=[], scores=[], groups=[])
     for level, (cls_score,
                 bbox_pred) in enumerate(zip(cls_scores, bbox_preds)):
         logits, deltas = level_maps(head, cls_score, bbox_pred)
-        scores = class_probabilities(head, logits)
-        # filter_scores_and_topk: above the threshold, then the best
-        above = (scores > cfg.get('score_thr', 0)).nonzero()
-        scores, best = top_k(scores[above[:, 0], above[:, 1]],
-                             cfg.get('nms_pre', -1))
-        anchors, labels = above[best].unbind(1)
-        levels_deltas.append(deltas[anchors])
-        levels_priors.append(priors[level][anchors])
-        levels_scores.append(scores)
-        levels_labels.append(labels)
-    boxes = decode_boxes(head.bbox_coder, torch.cat(levels_priors),
-                         torch.cat(levels_deltas), img_shape)
-    boxes, scores, labels = drop_small_boxes(boxes,
+        scores, anchors, groups = candidates(
+            class_probabilities(head, logits), level)
+        kept['deltas'].append(deltas[anchors])
+        kept['priors'].append(priors[level][anchors])
+        kept['scores'].append(scores)
+        kept['groups'].append(groups)
+    kept = {key: torch.cat(values) for key, values in kept.items()}
+    boxes = decode_boxes(head.bbox_coder, kept['priors'], kept['deltas'],
+                         img_shape)
+    boxes, scores, groups = drop_small_boxes(boxes,
                                              cfg.get('min_bbox_size', -1),
-                                             torch.cat(levels_scores),
-                                             torch.cat(levels_labels))
-    keep = grouped_nms(boxes, scores, labels, head.num_classes, cfg.nms,
-                       'bbox_head.test_cfg.nms')[:cfg.max_per_img]
-    return boxes[keep], scores[keep], labels[keep]
+                                             kept['scores'], kept['groups'])
+    keep = grouped_nms(boxes, scores, groups, num_groups, cfg.nms,
+                       where)[:cfg.max_per_img]
+    return boxes[keep], scores[keep], groups[keep]
+
+
+def rpn_proposals(rpn_head, feats, img_shape):
+    """The RPN's proposals, (N, 4), as ``RPNHead.predict`` gives them with
+    its test_cfg: each level's ``nms_pre`` best anchors, decoded, small
+    boxes dropped, NMS within each level, the ``max_per_img`` best."""
+
+    def best_anchors(scores, level):
+        scores, anchors = top_k(
+            scores.reshape(-1), rpn_head.test_cfg.get('nms_pre', -1))
+        return scores, anchors, torch.full_like(anchors, level)
+
+    boxes, _, _ = dense_head_detections(rpn_head, feats, img_shape,
+                                        best_anchors,
+                                        rpn_head.prior_generator.num_levels,
+                                        'rpn_head.test_cfg.nms')
+    return boxes
+
+
+def dense_detections(head, feats, img_shape):
+    """A single-stage anchor head's detections, as
+    ``BaseDenseHead.predict_by_feat`` gives them with its test_cfg: on each
+    level the ``nms_pre`` best (anchor, class) pairs scored above
+    ``score_thr`` (``filter_scores_and_topk``), decoded, small boxes
+    dropped, NMS within each class, the ``max_per_img`` best.
+
+    Returns:
+        tuple[Tensor]: bboxes (N, 4), scores (N, ), labels (N, ).
+    """
+
+    def best_pairs(scores, level):
+        above = (scores > head.test_cfg.get('score_thr', 0)).nonzero()
+        scores, best = top_k(scores[above[:, 0], above[:, 1]],
+                             head.test_cfg.get('nms_pre', -1))
+        anchors, labels = above[best].unbind(1)
+        return scores, anchors, labels
+
+    return dense_head_detections(head, feats, img_shape, best_pairs,
+                                 head.num_classes, 'bbox_head.test_cfg.nms')
 
 
 def roi_features(extractor, feats, rois):
