@@ -679,8 +679,14 @@ def box_coder_problem(head, where):
 def two_stage_problem(detector):
     from mmdet.models.dense_heads import RPNHead
     from mmdet.models.roi_heads import CascadeRoIHead, StandardRoIHead
-    from mmdet.models.roi_heads.bbox_heads import BBoxHead
+    from mmdet.models.roi_heads.bbox_heads import (BBoxHead, ConvFCBBoxHead,
+                                                   Shared2FCBBoxHead,
+                                                   Shared4Conv1FCBBoxHead)
     from mmdet.models.roi_heads.mask_heads import FCNMaskHead
+    # the heads that post-process as BBoxHead and FCNMaskHead, as the
+    # export re-states it (their subclasses may do otherwise)
+    bbox_heads = (BBoxHead, ConvFCBBoxHead, Shared2FCBBoxHead,
+                  Shared4Conv1FCBBoxHead)
     if type(detector.rpn_head) is not RPNHead:
         return f'its rpn_head is a {type(detector.rpn_head).__name__}, ' \
             f'not an RPNHead'
@@ -703,8 +709,8 @@ def two_stage_problem(detector):
             roi_extractor_problem(extractor,
                                   where.replace('head', 'roi_extractor')))
         problems.append(box_coder_problem(head, where))
-        if not same_method(head, BBoxHead, '_predict_by_feat_single') or \
-                head.custom_cls_channels or head.custom_activation:
+        if type(head) not in bbox_heads or head.custom_cls_channels or \
+                head.custom_activation:
             problems.append(f'{where} ({type(head).__name__}) does not '
                             f'post-process as BBoxHead')
     if roi_head.with_mask:
@@ -717,22 +723,19 @@ def two_stage_problem(detector):
             problems.append(
                 roi_extractor_problem(extractor,
                                       where.replace('head', 'roi_extractor')))
-            if not same_method(head, FCNMaskHead, '_predict_by_feat_single'):
+            if type(head) is not FCNMaskHead:
                 problems.append(f'{where} ({type(head).__name__}) does not '
                                 f'paste masks as FCNMaskHead')
     return next((p for p in problems if p), None)
 
 
 def single_stage_problem(detector):
-    from mmdet.models.dense_heads import AnchorHead
-    from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
+    from mmdet.models.dense_heads import AnchorHead, RetinaHead
     head = detector.bbox_head
-    if not isinstance(head, AnchorHead) or not all(
-            same_method(head, BaseDenseHead, name)
-            for name in ('predict_by_feat', '_predict_by_feat_single',
-                         '_bbox_post_process')):
-        return f'its bbox_head {type(head).__name__} is not an anchor ' \
-            f'head that post-processes as BaseDenseHead (as RetinaNet\'s)'
+    # the anchor heads that post-process as BaseDenseHead does
+    if type(head) not in (AnchorHead, RetinaHead):
+        return f'its bbox_head is a {type(head).__name__}, not RetinaNet\'s ' \
+            f'or another anchor head that post-processes as BaseDenseHead'
     if getattr(head.loss_cls, 'custom_cls_channels', False):
         return 'its bbox_head scores classes with a custom activation'
     return box_coder_problem(head, 'bbox_head')
