@@ -240,6 +240,22 @@ def test_the_exported_copy_runs_cvts_attention_in_chunks(upernet_model):
     assert (got - expected).norm() / expected.norm() < FP32_BOUND
 
 
+def test_verify_images_are_read_as_rgb_at_their_own_size(tmp_path):
+    import mmcv
+    bgr = np.zeros((37, 53, 3), np.uint8)
+    bgr[..., 2] = 200  # red
+    mmcv.imwrite(bgr, str(tmp_path / 'red.png'))
+    (image, name), = export_tool.verify_images([], [tmp_path / 'red.png'])
+    assert image.shape == (1, 3, 37, 53) and name == 'red.png'
+    assert image[0, 0].eq(200).all() and image[0, 1:].eq(0).all()
+
+
+def test_an_unreadable_verify_image_is_an_error_naming_it(tmp_path):
+    (tmp_path / 'cut.png').write_bytes(b'\x89PNG\r\n\x1a\n')
+    with pytest.raises(ValueError, match='cannot read the image .*cut.png'):
+        export_tool.verify_images([], [tmp_path / 'cut.png'])
+
+
 @pytest.mark.parametrize('bgr_to_rgb', [True, False])
 def test_the_graph_reads_the_channels_the_preprocessor_gives_the_model(
         bgr_to_rgb):

@@ -164,7 +164,7 @@ def verify_images(shapes, paths):
     images = [(random_image(shape, seed), 'x'.join(map(str, shape)))
               for seed, shape in enumerate(shapes)]
     for path in paths:
-        bgr = mmcv.imread(path)
+        bgr = mmcv.imread(str(path))
         if bgr is None:
             raise ValueError(f'--verify-images: cannot read the image {path}')
         rgb = torch.from_numpy(mmcv.bgr2rgb(bgr)).permute(2, 0, 1)
