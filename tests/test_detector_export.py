@@ -455,3 +455,26 @@ def test_verify_fails_when_a_detection_differs(exported, tiny, monkeypatch,
     monkeypatch.setattr(detection_check, 'compare_detections', moved)
     assert export_tool.verify_detections(path, model, module, images) == 1
     assert 'differ beyond those bounds' in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_benchmark_times_both_and_profiles_onnxruntime(exported, tmp_path):
+    import json
+    from pathlib import Path
+    _, _, path = exported('retinanet')
+    config = Path(path).parent / 'tiny_retinanet.py'
+    status, printed = run_main(
+        load_tool('analysis_tools/benchmark_onnx.py'), config, path,
+        Path(path).parent / 'retinanet.pth', '--sizes', '97x161', '--warmup',
+        1, '--repeat', 2, '--threads', 1, '--profile', tmp_path, '--json',
+        tmp_path / 'bench.json')
+    assert status == 0, printed
+    result, = json.loads((tmp_path / 'bench.json').read_text())['results']
+    assert result['size'] == '97x161'
+    assert result['speedup'] == pytest.approx(result['eager_ms'] /
+                                              result['onnxruntime_ms'])
+    assert 'NonMaxSuppression' in result['onnxruntime_op_shares']
+    assert sum(result['onnxruntime_op_shares'].values()) == pytest.approx(1)
+    assert re.search(
+        r'97x161: PyTorch eager \d+ ms \(\d+ to \d+\), '
+        r'onnxruntime \d+ ms', printed)

@@ -543,10 +543,13 @@ def relative_error(output, reference):
     return (num / den)**0.5
 
 
-def onnxruntime_session(path, threads=None, profile_prefix=None):
+def onnxruntime_session(path, threads=None, profile_prefix=None,
+                        spinning=True):
     """An onnxruntime session of the graph at ``path``, on the CPU, with
     ``threads`` threads in an op (default: onnxruntime's, the cores), and
-    its profiler on when ``profile_prefix`` names where to write."""
+    its profiler on when ``profile_prefix`` names where to write. Without
+    ``spinning`` its threads sleep when a run ends, where by default they
+    spin a while, taking the cores from whatever runs next."""
     import onnxruntime
     options = onnxruntime.SessionOptions()
     if threads:
@@ -554,6 +557,9 @@ def onnxruntime_session(path, threads=None, profile_prefix=None):
     if profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
+    if not spinning:
+        options.add_session_config_entry('session.intra_op.allow_spinning',
+                                         '0')
     return onnxruntime.InferenceSession(
         path, options, providers=['CPUExecutionProvider'])
 

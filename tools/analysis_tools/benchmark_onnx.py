@@ -9,8 +9,10 @@ eager, in the same run, on the CPU.
 
 For each size, on one random image: --warmup untimed runs of each, then
 --repeat timed runs with PyTorch and onnxruntime taking turns, so that load
-that comes and goes on a shared machine weighs on both alike; the medians
-and their ratio. PyTorch runs what tools/test.py runs on an image: the
+that comes and goes on a shared machine weighs on both alike; the medians,
+their ratio, and the fastest and slowest runs of each. onnxruntime's
+threads sleep when a run ends (by default they spin, taking the cores from
+PyTorch's next run). PyTorch runs what tools/test.py runs on an image: the
 model's data preprocessor and ``predict`` (a detector's or a segmentor's;
 for a graph of feature maps, the backbone and neck); onnxruntime runs the
 graph on the raw image. Both use --threads threads (default: all cores).
@@ -140,7 +142,9 @@ def benchmark(args):
     model, _ = onnx_export.build_model(cfg, args.checkpoint)
     model = model.eval()
     torch.set_num_threads(args.threads)
-    session = onnx_export.onnxruntime_session(args.graph, args.threads)
+    # onnxruntime's threads spinning after a run would slow PyTorch's next
+    session = onnx_export.onnxruntime_session(
+        args.graph, args.threads, spinning=False)
     eager = eager_step(model, args.graph)
     results = []
     for height, width in args.sizes:
@@ -154,16 +158,20 @@ def benchmark(args):
                 seconds = timed(step)
                 if i >= args.warmup:
                     times[name].append(seconds)
-        result = dict(
-            size=f'{height}x{width}',
-            eager_ms=statistics.median(times['eager']) * 1000,
-            onnxruntime_ms=statistics.median(times['onnxruntime']) * 1000)
+        result = dict(size=f'{height}x{width}')
+        for name, seconds in times.items():
+            result[f'{name}_ms'] = statistics.median(seconds) * 1000
+            # on a shared machine the spread says how far a median goes
+            result[f'{name}_range_ms'] = (min(seconds) * 1000,
+                                          max(seconds) * 1000)
         result['speedup'] = result['eager_ms'] / result['onnxruntime_ms']
         if args.profile:
             os.makedirs(args.profile, exist_ok=True)
             profiled = onnx_export.onnxruntime_session(
-                args.graph, args.threads,
-                os.path.join(args.profile, f'onnxruntime_{height}x{width}'))
+                args.graph,
+                args.threads,
+                os.path.join(args.profile, f'onnxruntime_{height}x{width}'),
+                spinning=False)
             profiled.run(None, feed)
             result['onnxruntime_op_shares'] = op_shares(
                 profiled.end_profiling())
@@ -173,9 +181,13 @@ def benchmark(args):
 
 
 def print_result(result):
-    print(f'{result["size"]}: PyTorch eager {result["eager_ms"]:.0f} ms, '
-          f'onnxruntime {result["onnxruntime_ms"]:.0f} ms, '
-          f'{result["speedup"]:.2f}x')
+
+    def timing(name):
+        low, high = result[f'{name}_range_ms']
+        return f'{result[f"{name}_ms"]:.0f} ms ({low:.0f} to {high:.0f})'
+
+    print(f'{result["size"]}: PyTorch eager {timing("eager")}, onnxruntime '
+          f'{timing("onnxruntime")}, {result["speedup"]:.2f}x')
     shares = result.get('onnxruntime_op_shares')
     if shares:
         print('  onnxruntime\'s time by op: ' +
