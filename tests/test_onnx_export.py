@@ -20,10 +20,10 @@ from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 from mmengine.runner import load_checkpoint
 
+from mmcvt.deployment import onnx_export
 from mmcvt.deployment.inputs import channels_from_rgb, random_image
-from mmcvt.deployment.onnx_export import (
-    AdaptiveAvgPool2dAsMatmul, export_onnx, exportable_copy, maps_of_one_pixel,
-    onnxruntime_session, raw_image_module, verify, whole_model_problem)
+from mmcvt.deployment.onnx_export import (exportable_copy, maps_of_one_pixel,
+                                          raw_image_module)
 from .tiny_models import save_checkpoint, write_tiny_config
 from .utils import REPO, load_tool, run_main
 
@@ -123,7 +123,7 @@ def test_the_upernet_graph_gives_mmsegs_logits_for_uint8_images(upernet):
                 data_samples=[SegDataSample(metainfo=meta) for _ in rgb]))
         samples = model.predict(data['inputs'], data['data_samples'])
     reference = torch.stack([s.seg_logits.data for s in samples])
-    session = onnxruntime_session(upernet['path'])
+    session = onnx_export.onnxruntime_session(upernet['path'])
     logits, = session.run(None, {'image': rgb.float().numpy()})
     error = (torch.from_numpy(logits) - reference).norm() / reference.norm()
     assert error < FP32_BOUND
@@ -144,7 +144,7 @@ def test_adaptive_pooling_as_matmul_pools_the_same_bins_as_torch(size):
     x = torch.randn(2, 4, *size)
     for output_size in (1, 2, 3, 6, (2, None)):
         expected = nn.AdaptiveAvgPool2d(output_size)(x)
-        pooled = AdaptiveAvgPool2dAsMatmul(output_size)(x)
+        pooled = onnx_export.AdaptiveAvgPool2dAsMatmul(output_size)(x)
         torch.testing.assert_close(pooled, expected)
 
 
@@ -156,8 +156,8 @@ def test_mmsegs_upsample_exports_with_a_symbolic_size(tmp_path):
         nn.Conv2d(3, 4, 3, stride=2, padding=1),
         Upsample(scale_factor=2, mode='bilinear')).eval()
     path = str(tmp_path / 'upsample.onnx')
-    export_onnx(module, path, example_shape=(2, 3, 32, 48))
-    errors = verify(
+    onnx_export.export_onnx(module, path, example_shape=(2, 3, 32, 48))
+    errors = onnx_export.verify(
         path, module,
         [random_image((1, 3, 48, 80)),
          random_image((2, 3, 72, 40), seed=1)])
@@ -272,7 +272,7 @@ def test_mask2formers_pixel_decoder_computes_the_same_with_sizes_as_numbers(
     sizes as numbers, on the same weights; the model keeps mmcv's."""
     from mmcv.ops import MultiScaleDeformableAttention
     model = built(write_tiny_config('mask2former', tmp_path))
-    assert whole_model_problem(model) is None
+    assert onnx_export.whole_model_problem(model) is None
     module = raw_image_module(model, 'model')
     image = random_image((1, 3, 97, 131))
     with torch.no_grad():
@@ -287,8 +287,8 @@ def test_the_coco_mask2former_exports_its_backbone_and_neck_naming_why():
     """The panoptic one is a detector, whose panoptic fusion the export
     does not cover."""
     model = built(REPO / 'configs/mask2former_cvt13_coco.py')
-    assert 'none of the detectors the export covers' in whole_model_problem(
-        model)
+    problem = onnx_export.whole_model_problem(model)
+    assert 'none of the detectors the export covers' in problem
     with pytest.raises(ValueError, match='--part neck'):
         raw_image_module(model, 'model')
 

@@ -683,6 +683,7 @@ def two_stage_problem(detector):
                                                    Shared2FCBBoxHead,
                                                    Shared4Conv1FCBBoxHead)
     from mmdet.models.roi_heads.mask_heads import FCNMaskHead
+
     # the heads that post-process as BBoxHead and FCNMaskHead, as the
     # export re-states it (their subclasses may do otherwise)
     bbox_heads = (BBoxHead, ConvFCBBoxHead, Shared2FCBBoxHead,

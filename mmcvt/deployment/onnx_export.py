@@ -543,7 +543,9 @@ def relative_error(output, reference):
     return (num / den)**0.5
 
 
-def onnxruntime_session(path, threads=None, profile_prefix=None,
+def onnxruntime_session(path,
+                        threads=None,
+                        profile_prefix=None,
                         spinning=True):
     """An onnxruntime session of the graph at ``path``, on the CPU, with
     ``threads`` threads in an op (default: onnxruntime's, the cores), and
