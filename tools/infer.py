@@ -182,11 +182,14 @@ def load_strictly(inferencer, weights):
             inferencer.model, weights, map_location='cpu', strict=True)
 
 
-def build_inferencer(inferencer_class, cfg, weights, backend, **kwargs):
+def build_inferencer(inferencer_class, cfg, weights, backend, device,
+                     **kwargs):
     """The inferencer of ``cfg``'s model with the checkpoint ``weights``
-    loaded strictly, or, for onnxruntime, of the graph ``weights``."""
+    loaded strictly, or, for onnxruntime, of the graph ``weights`` (on the
+    CPU, ``device`` aside)."""
     if backend == 'pytorch':
-        inferencer = inferencer_class(model=cfg, weights=weights, **kwargs)
+        inferencer = inferencer_class(
+            model=cfg, weights=weights, device=device, **kwargs)
         load_strictly(inferencer, weights)
         return inferencer
     cfg = copy.deepcopy(cfg)
@@ -214,12 +217,7 @@ class Detection:
     def __init__(self, cfg, weights, device, score_thr, backend):
         from mmdet.apis import DetInferencer
         self.inferencer = build_inferencer(
-            DetInferencer,
-            cfg,
-            weights,
-            backend,
-            **(dict(device=device) if backend == 'pytorch' else {}),
-            show_progress=False)
+            DetInferencer, cfg, weights, backend, device, show_progress=False)
         self.score_thr = 0.3 if score_thr is None else score_thr
         meta = graph_dataset_meta(weights) if backend != 'pytorch' else None
         if meta:
@@ -258,9 +256,8 @@ class Segmentation:
 
     def __init__(self, cfg, weights, device, backend):
         from mmseg.apis import MMSegInferencer
-        self.inferencer = build_inferencer(
-            MMSegInferencer, cfg, weights, backend,
-            **(dict(device=device) if backend == 'pytorch' else {}))
+        self.inferencer = build_inferencer(MMSegInferencer, cfg, weights,
+                                           backend, device)
         meta = graph_dataset_meta(weights) if backend != 'pytorch' else None
         if meta:
             # as MMSegInferencer reads a checkpoint's

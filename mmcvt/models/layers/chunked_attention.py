@@ -4,16 +4,15 @@ graphs (:func:`chunked_attention`).
 onnxruntime (1.32) has no memory-efficient attention on the CPU: the ONNX
 graph of ``F.scaled_dot_product_attention`` (MatMul, Softmax, MatMul, or
 opset 23's Attention) holds the whole score matrix, where PyTorch's CPU
-kernel works through it in blocks. On a 1333x800 image that matrix is 4.3
-GB for CvT-13's first stage (66800 queries by 16700 keys), and writing and
-reading it costs more than the matmuls: onnxruntime took about ten times
-PyTorch's time on that attention alone. Queries attend independently of
-each other, so in chunks that run one after another the graph holds a
-chunk's share of the matrix at a time, and the result is the same; 16
-chunks made that attention faster in onnxruntime than in PyTorch. The
-number of chunks is fixed because a graph without a loop op (which torch's
-exporter does not make of a Python loop) cannot repeat a step a number of
-times that depends on the image's size.
+kernel works through it in blocks. On a 1333x800 image that matrix is
+about 4.5 GB for CvT-13's first stage (67200 queries by 16800 keys), and
+writing and reading it costs more than the matmuls. Queries attend
+independently of each other, so in chunks that run one after another the
+graph holds a chunk's share of the matrix at a time, and the result is the
+same (README, "ONNX export", has the speed of the graphs). The number of
+chunks is fixed because a graph without a loop op (which torch's exporter
+does not make of a Python loop) cannot repeat a step a number of times
+that depends on the image's size.
 """
 import torch
 import torch.nn.functional as F
