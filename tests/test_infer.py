@@ -1,6 +1,9 @@
 """tools/infer.py: a detector's or segmentor's predictions on images, folders
 and videos, drawn and written for machines, through MMDetection's and
-MMSegmentation's inferencers; and the errors that bad input gets."""
+MMSegmentation's inferencers, with a checkpoint in PyTorch or an exported
+graph in onnxruntime; and the errors that bad input gets."""
+import contextlib
+import io
 import json
 
 import cv2
@@ -13,6 +16,7 @@ from .tiny_models import save_checkpoint, write_tiny_config
 from .utils import load_tool
 
 infer = load_tool('infer.py')
+export_tool = load_tool('deployment/export_onnx.py')
 FEW_DETECTIONS = ['model.test_cfg.rcnn.max_per_img=5']
 
 
@@ -219,3 +223,138 @@ def test_score_thr_with_a_segmentor_is_an_error(models, tmp_path):
             str(checkpoint), '--out-dir',
             str(tmp_path), '--score-thr', '0.5'
         ])
+
+
+# ---- the onnxruntime backend ---------------------------------------------
+
+
+def export(config, checkpoint, path, *options):
+    """tools/deployment/export_onnx.py, quietly; at the demos' 128x128."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        status = export_tool.main([
+            str(config),
+            str(checkpoint), '--out',
+            str(path), '--shape', '128', '128', *options
+        ])
+    assert status == 0
+    return path
+
+
+@pytest.fixture(scope='module')
+def both_backends(models, shapes, tmp_path_factory):
+    """tools/infer.py with the tiny demo Mask R-CNN on the shapes'
+    validation images, once with its checkpoint and once with its graph;
+    the 5 best detections per image, every one kept (--score-thr 0). Each
+    run from the same state of numpy's RNG, from which MMDetection's
+    visualizer jitters the colours of masks."""
+    root = tmp_path_factory.mktemp('both_backends')
+    config, checkpoint = models['maskrcnn']
+    graph = export(config, checkpoint, root / 'maskrcnn.onnx', '--cfg-options',
+                   *FEW_DETECTIONS)
+    for name, weights in (('pytorch', checkpoint), ('onnxruntime', graph)):
+        np.random.seed(0)
+        infer.main([
+            str(shapes / 'val'),
+            str(config), '--weights',
+            str(weights), '--out-dir',
+            str(root / name), '--score-thr', '0', '--device', 'cpu',
+            '--cfg-options', *FEW_DETECTIONS
+        ])
+    return root, sorted(p.stem for p in (shapes / 'val').glob('*.png'))
+
+
+def as_detections(result):
+    """A JSON of preds/ as the arrays a graph outputs."""
+    found = dict(
+        bboxes=np.array(result['bboxes'], np.float32).reshape(-1, 4),
+        scores=np.array(result['scores'], np.float32),
+        labels=np.array(result['labels']))
+    if result['masks']:
+        found['masks'] = mask_util.decode(result['masks']).transpose(2, 0, 1)
+    return found
+
+
+@pytest.mark.slow
+def test_onnxruntime_writes_the_json_pytorch_writes_on_the_demo_images(
+        both_backends):
+    """Detection by detection, within the export's bounds (box IoU 0.99,
+    score 1e-3, mask IoU 0.98), with the same label names."""
+    import torch
+    from mmengine.structures import InstanceData
+
+    from mmcvt.deployment.detection_check import compare_detections
+    root, stems = both_backends
+    for stem in stems:
+        by = {
+            name: json.loads(
+                (root / name / 'preds' / f'{stem}.json').read_text())
+            for name in ('pytorch', 'onnxruntime')
+        }
+        assert len(by['pytorch']['scores']) == 5
+        assert by['onnxruntime']['label_names'] == [
+            ('circle', 'square', 'triangle')[i]
+            for i in by['onnxruntime']['labels']
+        ]
+        reference = InstanceData(
+            **{
+                key: torch.from_numpy(value)
+                for key, value in as_detections(by['pytorch']).items()
+            })
+        comparison = compare_detections(
+            as_detections(by['onnxruntime']), reference, 0, 5)
+        assert comparison.ok, (stem, comparison.describe())
+        assert comparison.matched >= 4
+
+
+@pytest.mark.slow
+def test_onnxruntime_draws_the_pictures_pytorch_draws(both_backends):
+    root, stems = both_backends
+    for stem in stems:
+        drawn = [
+            mmcv.imread(root / name / 'vis' / f'{stem}.png').astype(int)
+            for name in ('pytorch', 'onnxruntime')
+        ]
+        assert drawn[0].shape == drawn[1].shape == (128, 128, 3)
+        # the same boxes, labels and masks, up to a pixel of rounding
+        assert np.mean(drawn[0] != drawn[1]) < 0.01
+
+
+@pytest.mark.slow
+def test_onnxruntime_labels_the_pixels_pytorch_labels(models, shapes_seg,
+                                                      tmp_path):
+    config, checkpoint = models['upernet']
+    graph = export(config, checkpoint, tmp_path / 'upernet.onnx')
+    images = sorted((shapes_seg / 'images' / 'validation').glob('*.png'))[:3]
+    assert images
+    for name, weights in (('pytorch', checkpoint), ('onnxruntime', graph)):
+        infer.main([
+            *map(str, images),
+            str(config), '--weights',
+            str(weights), '--out-dir',
+            str(tmp_path / name)
+        ])
+    for image in images:
+        labels = [
+            mmcv.imread(tmp_path / name / 'preds' / image.name, 'unchanged')
+            for name in ('pytorch', 'onnxruntime')
+        ]
+        assert np.mean(labels[0] == labels[1]) > 0.999
+
+
+@pytest.mark.parametrize(
+    'weights, options, message',
+    [('model.onnx', ['--backend', 'pytorch'], 'runs a checkpoint'),
+     ('model.pth', ['--backend', 'onnxruntime'], 'runs an exported .onnx'),
+     ('model.onnx', ['--device', 'cuda:0'], 'runs on the CPU')])
+def test_a_backend_that_cannot_run_the_weights_is_a_usage_error(
+        weights, options, message, tmp_path, capsys):
+    (tmp_path / weights).write_bytes(b'')
+    shapes_image(tmp_path / 'a.png')
+    with pytest.raises(SystemExit) as exit_:
+        infer.main([
+            str(tmp_path / 'a.png'), 'config.py', '--weights',
+            str(tmp_path / weights), '--out-dir',
+            str(tmp_path / 'out'), *options
+        ])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err

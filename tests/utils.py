@@ -107,6 +107,17 @@ def load_tool(path):
     return module
 
 
+def run_main(tool, *args):
+    """``tool.main`` (a tool from :func:`load_tool`) on ``args``, each made
+    a str: its exit status, and what it printed, stdout then stderr."""
+    import contextlib
+    import io
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = tool.main([str(arg) for arg in args])
+    return status, out.getvalue() + err.getvalue()
+
+
 def load_repo_config(path):
     """A config of this repository (``path`` relative to it), with its
     ``default_scope`` made the current scope, as the tools do."""

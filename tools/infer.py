@@ -5,6 +5,12 @@ config's ``default_scope`` picks), and writes what it finds.
     python tools/infer.py demo.jpg CONFIG --weights CHECKPOINT --out-dir out
     python tools/infer.py images/ clip.mp4 CONFIG --weights CHECKPOINT \
         --out-dir out --score-thr 0.5 --device cuda:0
+    python tools/infer.py images/ CONFIG --weights model.onnx --out-dir out
+
+The weights are a checkpoint (PyTorch), or a graph that
+tools/deployment/export_onnx.py exported whole from the config's model
+(onnxruntime on the CPU; ``--backend`` picks where the file's name does
+not): the inferencer's pipeline, drawing and writing stay the same.
 
 Inputs are image files, videos (run frame by frame) and folders, whose
 images and videos are taken in name order. For each input it writes into
@@ -20,9 +26,13 @@ images and videos are taken in name order. For each input it writes into
 - for a video, preds/STEM/FRAME.json or .png, frame numbers from 000000.
 
 The checkpoint loads strictly, as in tools/test.py: one of another model is
-an error naming the keys that differ.
+an error naming the keys that differ. A graph brings its classes (the
+checkpoint's, stored at export); it runs whole-image inference on the
+image as the test pipeline resized it, and pastes masks at that size,
+resized to the original (nearest) where the pipeline resized it.
 """
 import argparse
+import copy
 import os
 import os.path as osp
 import sys
@@ -33,10 +43,11 @@ import mmcv
 import mmengine
 import numpy as np
 from mmengine.config import Config, DictAction
-from mmengine.runner.checkpoint import _load_checkpoint_to_model
+from mmengine.runner import load_checkpoint
 from rich.progress import MofNCompleteColumn, Progress
 
 import mmcvt  # noqa: F401  registers CvT
+from mmcvt.deployment import runtime
 from mmcvt.engine import explain_checkpoint_mismatch
 from mmcvt.fileio import install_checkpoint_loaders
 from mmcvt.utils.input_paths import config_file
@@ -47,6 +58,7 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif',
                     '.tiff', '.webp')
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v', '.mpg',
                     '.mpeg', '.wmv')
+BACKENDS = ('pytorch', 'onnxruntime')
 
 
 def parse_args(argv=None):
@@ -64,7 +76,13 @@ def parse_args(argv=None):
         '--weights',
         required=True,
         help='checkpoint, loaded strictly: one that does not fit the '
-        'config\'s model is an error naming the keys that differ')
+        'config\'s model is an error naming the keys that differ; or an '
+        '.onnx graph of the config\'s whole model')
+    parser.add_argument(
+        '--backend',
+        choices=BACKENDS,
+        help='pytorch (a checkpoint) or onnxruntime (an exported graph, on '
+        'the CPU); default: onnxruntime for a .onnx file, else pytorch')
     parser.add_argument(
         '--out-dir',
         required=True,
@@ -84,6 +102,16 @@ def parse_args(argv=None):
     if args.score_thr is not None and not 0 <= args.score_thr <= 1:
         parser.error(f'--score-thr is a score between 0 and 1, not '
                      f'{args.score_thr}')
+    graph = args.weights.lower().endswith('.onnx')
+    args.backend = args.backend or BACKENDS[graph]
+    if graph != (args.backend == 'onnxruntime'):
+        parser.error(
+            f'--backend {args.backend} runs '
+            f'{"an exported .onnx graph" if not graph else "a checkpoint"}'
+            f', not {args.weights}')
+    if args.backend == 'onnxruntime' and args.device not in (None, 'cpu'):
+        parser.error(f'--device {args.device}: the onnxruntime backend runs '
+                     f'on the CPU')
     return args
 
 
@@ -149,21 +177,40 @@ def open_video(path):
     return reader
 
 
-class StrictLoading:
-    """Makes an inferencer load its checkpoint strictly, as tools/test.py
-    does: mmengine's inferencers load what fits and warn about the rest."""
+def load_strictly(inferencer, weights):
+    """Loads the checkpoint again into the inferencer's model, strictly, as
+    tools/test.py does: mmengine's inferencers load what fits and warn about
+    the rest, and have no public way to load otherwise."""
+    with explain_checkpoint_mismatch(weights):
+        load_checkpoint(
+            inferencer.model, weights, map_location='cpu', strict=True)
 
-    def __init__(self, *args, weights, **kwargs):
-        self.weights = weights
-        super().__init__(*args, weights=weights, **kwargs)
 
-    def _load_weights_to_model(self, model, checkpoint, cfg):
-        if checkpoint is not None:
-            with explain_checkpoint_mismatch(self.weights):
-                _load_checkpoint_to_model(model, checkpoint, strict=True)
-        # the library's own: loads again, and reads the classes and palette
-        # from the checkpoint's meta
-        super()._load_weights_to_model(model, checkpoint, cfg)
+def build_inferencer(inferencer_class, cfg, weights, backend, device,
+                     **kwargs):
+    """The inferencer of ``cfg``'s model with the checkpoint ``weights``
+    loaded strictly, or, for onnxruntime, of the graph ``weights`` (on the
+    CPU, ``device`` aside)."""
+    if backend == 'pytorch':
+        inferencer = inferencer_class(
+            model=cfg, weights=weights, device=device, **kwargs)
+        load_strictly(inferencer, weights)
+        return inferencer
+    cfg = copy.deepcopy(cfg)
+    cfg.model = runtime.onnxruntime_model_cfg(cfg, weights)
+    with runtime.without_weights_warnings():
+        return inferencer_class(
+            model=cfg, weights=None, device='cpu', **kwargs)
+
+
+def graph_dataset_meta(weights):
+    """The classes and palette that the graph carries (its checkpoint's),
+    or None, with a warning."""
+    meta = runtime.graph_dataset_meta(weights)
+    if meta is None:
+        warnings.warn(f'{weights} carries no classes (its checkpoint had '
+                      f'none): the inferencer\'s defaults are used')
+    return meta
 
 
 class Detection:
@@ -171,15 +218,21 @@ class Detection:
 
     suffix = '.json'
 
-    def __init__(self, cfg, weights, device, score_thr):
+    def __init__(self, cfg, weights, device, score_thr, backend):
         from mmdet.apis import DetInferencer
-
-        class StrictDetInferencer(StrictLoading, DetInferencer):
-            pass
-
-        self.inferencer = StrictDetInferencer(
-            model=cfg, weights=weights, device=device, show_progress=False)
+        self.inferencer = build_inferencer(
+            DetInferencer, cfg, weights, backend, device, show_progress=False)
         self.score_thr = 0.3 if score_thr is None else score_thr
+        meta = graph_dataset_meta(weights) if backend != 'pytorch' else None
+        if meta:
+            # as DetInferencer reads a checkpoint's: its classes, and its
+            # palette where the config has none
+            dataset_meta = dict(
+                self.inferencer.model.dataset_meta, classes=meta['classes'])
+            if meta.get('palette') and dataset_meta['palette'] == 'random':
+                dataset_meta['palette'] = meta['palette']
+            self.inferencer.model.dataset_meta = dataset_meta
+            self.inferencer.visualizer.dataset_meta = dataset_meta
 
     def predict(self, image):
         sample = self.inferencer(
@@ -205,14 +258,15 @@ class Segmentation:
 
     suffix = '.png'
 
-    def __init__(self, cfg, weights, device):
+    def __init__(self, cfg, weights, device, backend):
         from mmseg.apis import MMSegInferencer
-
-        class StrictSegInferencer(StrictLoading, MMSegInferencer):
-            pass
-
-        self.inferencer = StrictSegInferencer(
-            model=cfg, weights=weights, device=device)
+        self.inferencer = build_inferencer(MMSegInferencer, cfg, weights,
+                                           backend, device)
+        meta = graph_dataset_meta(weights) if backend != 'pytorch' else None
+        if meta:
+            # as MMSegInferencer reads a checkpoint's
+            self.inferencer.model.dataset_meta = dict(
+                classes=meta['classes'], palette=meta.get('palette'))
 
     def predict(self, image):
         return self.inferencer(image, return_datasamples=True)
@@ -227,15 +281,19 @@ class Segmentation:
         mmcv.imwrite(labels.astype(dtype), path)
 
 
-def build_task(cfg, weights, device, score_thr):
+def build_task(cfg, weights, device, score_thr, backend='pytorch'):
     scope = cfg.get('default_scope')
     if scope == 'mmdet':
-        return Detection(cfg, weights, device, score_thr)
+        return Detection(cfg, weights, device, score_thr, backend)
     if scope == 'mmseg':
         if score_thr is not None:
             raise ValueError('--score-thr is for detectors: a segmentor '
                              'labels every pixel')
-        return Segmentation(cfg, weights, device)
+        if backend == 'onnxruntime' and \
+                cfg.model.get('test_cfg', {}).get('mode') == 'slide':
+            warnings.warn('the config tests in sliding windows; the graph '
+                          'runs on the whole image, as the export does')
+        return Segmentation(cfg, weights, device, backend)
     raise ValueError(f'{cfg.filename}: default_scope {scope!r}, expected '
                      f'mmdet or mmseg')
 
@@ -324,7 +382,8 @@ def main(argv=None):
         cfg.merge_from_dict(args.cfg_options)
     # this tool writes the drawings itself, through no visualizer backend
     cfg.visualizer.vis_backends = None
-    task = build_task(cfg, args.weights, args.device, args.score_thr)
+    task = build_task(cfg, args.weights, args.device, args.score_thr,
+                      args.backend)
     num_images, num_frames = run(task, files, args.out_dir)
     kind = ('JSON: labels, scores, boxes, RLE masks' if isinstance(
         task, Detection) else 'label-map PNGs')

@@ -1,47 +1,64 @@
-"""ONNX export of mmcvt's models with torch's exporter
-(``torch.onnx.export(..., dynamo=True)``), and its check in onnxruntime.
+"""ONNX export of mmcvt's models with torch's exporter (``torch.export``
+and ``torch.onnx.export(..., dynamo=True)``), and its check in onnxruntime.
 
 Every graph takes one input, ``image``: (batch, 3, height, width), float32,
 RGB, 0 to 255, an image as it is decoded; the model's own normalisation
 (its ``data_preprocessor``'s channel order, mean and std) is inside the
-graph. Batch, height and width are dynamic. What comes out depends on the
-part exported (:data:`PARTS`):
+graph. What comes out depends on the model and the part exported
+(:data:`PARTS`):
 
 - ``'model'``, a whole segmentor: ``seg_logits``, (batch, num_classes,
   height, width), what MMSegmentation's whole-image inference gives before
-  the argmax (``EncoderDecoder.encode_decode``);
+  the argmax (``EncoderDecoder.encode_decode``); batch, height and width
+  dynamic; nothing padded, as in that inference;
+- ``'model'``, a whole detector: ``bboxes``, ``scores``, ``labels`` and,
+  for instance segmentation, ``masks``, what ``model.predict`` gives for
+  the image, its test_cfg and its preprocessor's padding inside
+  (:mod:`mmcvt.deployment.detectors`); one image, height and width dynamic;
 - ``'neck'``: the feature maps of the backbone and neck, ``features_<i>``;
-- ``'backbone'``: the backbone's feature maps, ``features_<i>``.
+- ``'backbone'``: the backbone's feature maps, ``features_<i>``; for both,
+  batch, height and width dynamic, nothing padded.
 
-Whole detectors are not exported: their heads run mmcv's RoIAlign and NMS
-(or deformable attention), which ONNX carries only as custom ops, that a
-runtime runs only with mmdeploy's plugins. Nor is a segmentor whose head
-runs mmcv ops (Mask2Former's pixel decoder, deformable attention, which
-also reads its feature sizes as tensor data, out of reach of the exporter's
-symbolic sizes). Their backbone and neck are exported instead, for the rest
-to run elsewhere.
+NMS and RoIAlign become ONNX's standard operators through
+:mod:`mmcvt.deployment.ops`; every op of a graph is of the standard domain.
+A segmentor whose head runs mmcv ops is not exported whole (Mask2Former's
+pixel decoder: see :func:`whole_model_problem`), nor a detector of a kind
+the export does not cover; their backbone and neck are, for the rest to run
+elsewhere.
 
-Nothing is padded inside the graph: MMSegmentation's whole-image inference
-does not pad either, while MMDetection's data preprocessor pads to a
-multiple of its ``pad_size_divisor``, which the caller of a detector's
-backbone and neck then does.
+The exporter makes every size that is 1 when it traces a constant of the
+graph, so that an example image on which a feature map is 1 pixel high or
+wide gives a graph that fails, or computes wrong, at other sizes:
+:func:`export_onnx` refuses it, naming the smallest size that exports
+(:func:`smallest_example_size`).
 """
-import copy
+import collections
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model import revert_sync_batchnorm
 
+from .deformable import replaced_mmcv_ops, with_sizes_as_numbers
+from .inputs import INPUT_NAME, RawImageInput, random_image
+
 PARTS = ('model', 'neck', 'backbone')
-INPUT_NAME = 'image'
 DYNAMIC_AXES = {0: 'batch', 2: 'height', 3: 'width'}
+# more than twice the coarsest stride of these models (128, RetinaNet's P7):
+# a map of 1 pixel at the example's size has 2 or more at this much larger
+SIZE_PROBE_GROWTH = 256
 
 
 def is_segmentor(model):
     """Whether ``model`` is an MMSegmentation segmentor (an EncoderDecoder or
     the like), whose whole forward can be exported."""
     return hasattr(model, 'encode_decode') and hasattr(model, 'decode_head')
+
+
+def is_detector(model):
+    """Whether ``model`` is an MMDetection detector."""
+    from mmdet.models.detectors import BaseDetector
+    return isinstance(model, BaseDetector)
 
 
 def mmcv_op_modules(module):
@@ -55,13 +72,19 @@ def mmcv_op_modules(module):
 
 def whole_model_problem(model):
     """Why ``model`` cannot be exported whole, or None."""
+    if is_detector(model):
+        from .detectors import detections_class
+        try:
+            detections_class(model)
+        except ValueError as error:
+            return str(error)
+        return None
     if not is_segmentor(model):
-        return (
-            f'a whole {type(model).__name__} is not exported: '
-            f'detectors\' heads run mmcv ops (RoIAlign and NMS; DINO\'s '
-            f'deformable attention), which ONNX carries only as custom ops '
-            f'(mmdeploy\'s plugins for ONNX Runtime and TensorRT)')
-    ops = mmcv_op_modules(model)
+        return (f'a whole {type(model).__name__} is not exported: it is '
+                f'neither an MMDetection detector nor an MMSegmentation '
+                f'segmentor')
+    replaced = set(replaced_mmcv_ops(model))
+    ops = [name for name in mmcv_op_modules(model) if name not in replaced]
     if ops:
         return (f'a whole {type(model).__name__} with '
                 f'{type(model.decode_head).__name__} is not exported: '
@@ -73,9 +96,9 @@ def whole_model_problem(model):
 
 
 def default_part(model):
-    """The most of ``model`` that exports: a segmentor whole, unless it runs
-    mmcv ops; else the backbone and neck when the neck is plain torch, else
-    the backbone."""
+    """The most of ``model`` that exports: the whole model when it can;
+    else the backbone and neck when the neck is plain torch, else the
+    backbone."""
     if whole_model_problem(model) is None:
         return 'model'
     if getattr(model, 'with_neck', False) and not mmcv_op_modules(model.neck):
@@ -103,34 +126,6 @@ def check_part(model, part):
                 f'export --part backbone')
 
 
-class RawImageInput(nn.Module):
-    """What a data preprocessor (mmengine's, MMDetection's or
-    MMSegmentation's) does to a decoded image, as graph ops: (B, 3, H, W)
-    RGB 0..255 -> the channel order and normalisation the model was trained
-    with. Loaded images are BGR, so the model sees RGB when its preprocessor
-    converts the channels, and BGR when it does not."""
-
-    def __init__(self, data_preprocessor):
-        super().__init__()
-        self.to_bgr = not (
-            getattr(data_preprocessor, '_channel_conversion', False)
-            or getattr(data_preprocessor, 'channel_conversion', False))
-        normalize = getattr(data_preprocessor, '_enable_normalize', False)
-        self.register_buffer(
-            'mean',
-            data_preprocessor.mean.detach().clone().float()
-            if normalize else torch.zeros(3, 1, 1))
-        self.register_buffer(
-            'std',
-            data_preprocessor.std.detach().clone().float()
-            if normalize else torch.ones(3, 1, 1))
-
-    def forward(self, image):
-        if self.to_bgr:
-            image = image.flip(1)
-        return (image - self.mean) / self.std
-
-
 class _ImageSize(tuple):
     """(height, width) of the traced image, kept as they are by deepcopy,
     which heads apply to their metas (Mask2Former's) and which cannot copy
@@ -143,6 +138,8 @@ class _ImageSize(tuple):
 class SegmentorLogits(nn.Module):
     """A segmentor from a raw image to ``seg_logits`` at the image's size:
     MMSegmentation's whole-image inference, without padding."""
+
+    output_names = ('seg_logits', )
 
     def __init__(self, segmentor):
         super().__init__()
@@ -162,7 +159,7 @@ class SegmentorLogits(nn.Module):
 
 class FeatureMaps(nn.Module):
     """A model's backbone, and its neck with ``with_neck``, from a raw image
-    to their feature maps."""
+    to their feature maps, ``features_<i>``."""
 
     def __init__(self, model, with_neck):
         super().__init__()
@@ -175,16 +172,72 @@ class FeatureMaps(nn.Module):
         return tuple(self.neck(features) if self.neck else features)
 
 
+def build_model(cfg, checkpoint=None):
+    """The config's model to export: its backbone's own forward (the
+    exporter traces that, not torch.compile's), with ``checkpoint`` loaded
+    strictly, or without one the config's random initial weights
+    (``init_weights``, without pretrained ones).
+
+    Returns:
+        tuple: The model and the checkpoint's ``meta.dataset_meta`` (None
+        without one).
+    """
+    import logging
+
+    from mmengine.logging import MMLogger
+    from mmengine.runner import load_checkpoint
+
+    from mmcvt.analysis import build_random_model
+    from mmcvt.engine import explain_checkpoint_mismatch
+    cfg.model.backbone.pop('compile', None)
+    model = build_random_model(cfg)
+    if checkpoint is None:
+        # not PyTorch's default initialisation, whose heads give logits
+        # near 0 (masks at a probability of 0.5, on the threshold); and
+        # without mmengine's log of every parameter's initialisation
+        logger = MMLogger.get_current_instance()
+        level = logger.level
+        logger.setLevel(logging.WARNING)
+        try:
+            model.init_weights()
+        finally:
+            logger.setLevel(level)
+        return model, None
+    with explain_checkpoint_mismatch(checkpoint):
+        loaded = load_checkpoint(
+            model, checkpoint, map_location='cpu', strict=True)
+    return model, loaded.get('meta', {}).get('dataset_meta')
+
+
 def raw_image_module(model, part=None):
     """``part`` of ``model`` (default :func:`default_part`) as a module from
-    a raw image, in eval mode on the CPU, sharing ``model``'s weights: the
+    a raw image, in eval mode on the CPU, sharing ``model``'s weights (a
+    DINO's: a copy of them, see :class:`~.detectors.DINODetections`): the
     PyTorch reference of the exported graph."""
     part = part or default_part(model)
     check_part(model, part)
     model = revert_sync_batchnorm(model).cpu().float().eval()
+    if part == 'model' and is_detector(model):
+        from .detectors import detections_module
+        return detections_module(model)
     if part == 'model':
         return SegmentorLogits(model).eval()
     return FeatureMaps(model, with_neck=part == 'neck').eval()
+
+
+def output_names(module, outputs):
+    """The graph's output names: the module's ``output_names`` (of those it
+    returns), else ``output_<i>``, ``features_<i>`` for feature maps."""
+    names = getattr(module, 'output_names', None)
+    if names is not None:
+        return list(names)[:len(outputs)]
+    prefix = 'features' if isinstance(module, FeatureMaps) else 'output'
+    return [f'{prefix}_{i}' for i in range(len(outputs))]
+
+
+def as_pair(size):
+    """``size``, an int or a pair (of ints or None), as a pair."""
+    return tuple(size) if isinstance(size, (tuple, list)) else (size, size)
 
 
 def pooling_matrix(size, out_size, like):
@@ -213,7 +266,7 @@ class AdaptiveAvgPool2dAsMatmul(nn.Module):
 
     def __init__(self, output_size):
         super().__init__()
-        self.output_size = nn.modules.utils._pair(output_size)
+        self.output_size = as_pair(output_size)
 
     def forward(self, x):
         out_h, out_w = (size if size is not None else x.shape[i - 2]
@@ -221,6 +274,38 @@ class AdaptiveAvgPool2dAsMatmul(nn.Module):
         rows = pooling_matrix(x.shape[-2], out_h, x)
         columns = pooling_matrix(x.shape[-1], out_w, x)
         return rows @ x @ columns.T
+
+
+def is_batch_norm(module):
+    """Whether ``module`` is a BatchNorm of any dimension, torch's or the
+    one mmengine's ``revert_sync_batchnorm`` makes of a SyncBatchNorm (whose
+    common base class torch keeps private): a norm with running
+    statistics that is not an InstanceNorm."""
+    instance_norms = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+    return getattr(module, 'running_var', None) is not None and \
+        not isinstance(module, instance_norms)
+
+
+class BatchNormAsAffine(nn.Module):
+    """An eval-mode BatchNorm as the affine map it is, for export only.
+
+    torch 2.13's exporter cannot trace ``F.batch_norm`` on a batch whose
+    size the data make (the RoIs of a detector's RoI head: it asks whether
+    the input is empty); this is the same map in elementwise ops.
+    """
+
+    def __init__(self, norm):
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x):
+        norm = self.norm
+        shape = (1, -1) + (1, ) * (x.dim() - 2)
+        scale = torch.rsqrt(norm.running_var + norm.eps)
+        if norm.weight is not None:
+            scale = scale * norm.weight
+        out = (x - norm.running_mean.view(shape)) * scale.view(shape)
+        return out if norm.bias is None else out + norm.bias.view(shape)
 
 
 def _symbolic_upsample_class():
@@ -245,9 +330,23 @@ def exportable_copy(module):
     the example's size only are replaced by equivalents that export for
     every size: ``nn.AdaptiveAvgPool2d`` by
     :class:`AdaptiveAvgPool2dAsMatmul`, MMSegmentation's ``Upsample`` by
-    one that keeps its output size symbolic."""
+    one that keeps its output size symbolic, and Mask2Former's pixel decoder
+    and its deformable attention by ones that take the sizes as numbers
+    (:mod:`mmcvt.deployment.deformable`). CvT's attention runs in chunks of
+    queries (``attn_impl='chunked'``), which onnxruntime runs in less time
+    and memory than the whole. BatchNorms of RoI heads, which run on as many
+    RoIs as the data give, by :class:`BatchNormAsAffine`."""
+    from mmcvt.models.backbones.cvt import ConvAttention
     upsample, symbolic_upsample = _symbolic_upsample_class()
-    module = copy.deepcopy(module)
+    module = with_sizes_as_numbers(module)
+    for sub in module.modules():
+        if isinstance(sub, ConvAttention):
+            sub.attn_impl = 'chunked'
+    for parent_name, parent in list(module.named_modules()):
+        for name, child in parent.named_children():
+            if is_batch_norm(child) and not child.training and \
+                    'roi_head.' in f'{parent_name}.{name}':
+                setattr(parent, name, BatchNormAsAffine(child))
     for parent in list(module.modules()):
         for name, child in parent.named_children():
             if isinstance(child, nn.AdaptiveAvgPool2d):
@@ -261,49 +360,164 @@ def exportable_copy(module):
     return module
 
 
-def random_image(shape, seed=0):
-    """A float32 image of 0..255 integers, of ``shape`` (B, 3, H, W)."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, shape, generator=generator).float()
+def map_sizes(module, shape):
+    """The (height, width) of each map (4-d tensor) that a submodule of
+    ``module`` outputs on a random image of ``shape``, keyed by (submodule,
+    call, output)."""
+    sizes = {}
+    calls = collections.Counter()
+
+    def tensors(output):
+        if isinstance(output, (tuple, list)):
+            return [t for item in output for t in tensors(item)]
+        if isinstance(output, dict):
+            return tensors(list(output.values()))
+        return [output] if torch.is_tensor(output) else []
+
+    def record(name):
+
+        def hook(_, __, output):
+            calls[name] += 1
+            for i, tensor in enumerate(tensors(output)):
+                if tensor.dim() == 4:
+                    sizes[name, calls[name], i] = tuple(tensor.shape[2:])
+
+        return hook
+
+    handles = [
+        sub.register_forward_hook(record(name))
+        for name, sub in module.named_modules() if name
+    ]
+    try:
+        with torch.no_grad():
+            module(random_image(shape))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sizes
 
 
-def export_onnx(module, path, example_shape=(2, 3, 128, 160)):
+def maps_of_one_pixel(module, shape):
+    """The maps that are 1 pixel high or wide on an image of ``shape`` and
+    grow with the image (constant ones, like a pooling pyramid's 1x1, are
+    left out): {key of :func:`map_sizes`: (height, width)}."""
+    sizes = map_sizes(module, shape)
+    ones = {key: size for key, size in sizes.items() if 1 in size}
+    if not ones:
+        return {}
+    grown = map_sizes(module, (*shape[:2], *(s + SIZE_PROBE_GROWTH
+                                             for s in shape[2:])))
+    return {
+        key: size
+        for key, size in ones.items()
+        if any(n == 1 and g > 1 for n, g in zip(size, grown.get(key, size)))
+    }
+
+
+def smallest_example_size(module, shape, ones):
+    """The smallest (height, width), at least ``shape``'s, at which none of
+    the maps ``ones`` (of :func:`maps_of_one_pixel`) is 1 pixel high or
+    wide."""
+    smallest = list(shape[2:])
+    for axis in (0, 1):
+        keys = [key for key, size in ones.items() if size[axis] == 1]
+        low, high = shape[2 + axis], shape[2 + axis] + SIZE_PROBE_GROWTH
+        while keys and high - low > 1:  # low is too small, high is not
+            middle = (low + high) // 2
+            probe = list(shape)
+            probe[2 + axis] = middle
+            sizes = map_sizes(module, tuple(probe))
+            if any(sizes.get(key, (2, 2))[axis] == 1 for key in keys):
+                low = middle
+            else:
+                high = middle
+        if keys:
+            smallest[axis] = high
+    return tuple(smallest)
+
+
+def check_runs_at(module, shape, what):
+    """Raises ValueError when ``module`` cannot run on an image of
+    ``shape`` (its ``size_problem``), saying why; ``what`` names the
+    image."""
+    problem = getattr(module, 'size_problem', lambda *size: None)(*shape[2:])
+    if problem:
+        raise ValueError(f'{what}, {"x".join(map(str, shape))}: {problem}')
+
+
+def check_example_size(module, shape):
+    """Raises ValueError, naming the smallest size that exports, when a map
+    of ``module`` is 1 pixel high or wide on an example image of
+    ``shape``."""
+    ones = maps_of_one_pixel(module, shape)
+    if not ones:
+        return
+    (name, _, _), size = next(iter(ones.items()))
+    height, width = smallest_example_size(module, shape, ones)
+    raise ValueError(
+        f'an example of {shape[2]}x{shape[3]} makes the output of {name} '
+        f'{size[0]}x{size[1]} pixels ({len(ones)} maps of 1 pixel in '
+        f'height or width), and the exporter fixes in the graph every size '
+        f'that is 1 when it traces: the graph would fail, or compute '
+        f'wrong, at other sizes. Export at --shape {height} {width} or '
+        f'larger, the smallest example on which every map is 2 pixels or '
+        f'more in height and width')
+
+
+def export_onnx(module, path, example_shape=(2, 3, 128, 160), metadata=None):
     """Exports ``module`` (from :func:`raw_image_module`) to ``path`` with
-    dynamic batch, height and width.
+    dynamic sizes: its ``dynamic_axes``, by default batch, height and width.
 
-    The example's batch is 2, not 1, because the exporter may fix a size
-    that is 1 in the example.
+    The example's batch is 2, not 1, when the batch is dynamic, because the
+    exporter fixes a size that is 1 in the example.
+
+    Args:
+        metadata (dict[str, str], optional): The graph's metadata_props.
 
     Returns:
         list[str]: The names of the graph's outputs.
 
     Raises:
+        ValueError: When the example's size would fix a size of the graph
+            (:func:`check_example_size`).
         RuntimeError: When the exporter fixed a size that should be dynamic.
     """
-    import onnx
+    from .ops import onnx_translations
+    axes = getattr(module, 'dynamic_axes', DYNAMIC_AXES)
+    check_runs_at(module, example_shape, 'the example')
+    check_example_size(module, example_shape)
     with torch.no_grad():
         example = random_image(example_shape)
-        num_outputs = len(_as_tuple(module(example)))
-        output_names = (['seg_logits'] if isinstance(module, SegmentorLogits)
-                        else [f'features_{i}' for i in range(num_outputs)])
-        program = torch.onnx.export(
-            exportable_copy(module), (example, ),
+        names = output_names(module, _as_tuple(module(example)))
+        # torch.export first, then the translation to ONNX: mmdet's code
+        # takes other paths while torch.onnx.is_in_onnx_export() is true
+        try:
+            program = torch.export.export(
+                exportable_copy(module), (example, ),
+                dynamic_shapes=({
+                    axis: torch.export.Dim.DYNAMIC
+                    for axis in axes
+                }, ),
+                strict=False)
+        except Exception as error:
+            if 'specialized it to be a constant' in str(error):
+                raise RuntimeError(
+                    f'the exporter fixed the {", ".join(axes.values())} of '
+                    f'{path} to the example\'s: a module of this model reads '
+                    f'them as numbers') from error
+            raise
+        onnx_program = torch.onnx.export(
+            program, (example, ),
             dynamo=True,
             input_names=[INPUT_NAME],
-            output_names=output_names,
-            dynamic_shapes=(DYNAMIC_AXES, ),
+            output_names=names,
+            dynamic_shapes=(axes, ),
+            custom_translation_table=onnx_translations(),
             verbose=False)
-    program.save(path)
-    graph_input, = onnx.load(path, load_external_data=False).graph.input
-    dims = graph_input.type.tensor_type.shape.dim
-    fixed = [
-        name for axis, name in DYNAMIC_AXES.items() if not dims[axis].dim_param
-    ]
-    if fixed:
-        raise RuntimeError(
-            f'the exporter fixed the {", ".join(fixed)} of {path} to the '
-            f'example\'s: a module of this model reads them as numbers')
-    return output_names
+    for key, value in (metadata or {}).items():
+        onnx_program.model.metadata_props[key] = value
+    onnx_program.save(path)
+    return names
 
 
 def _as_tuple(outputs):
@@ -329,24 +543,39 @@ def relative_error(output, reference):
     return (num / den)**0.5
 
 
-def onnxruntime_session(path):
-    """An onnxruntime session of the graph at ``path``, on the CPU."""
+def onnxruntime_session(path,
+                        threads=None,
+                        profile_prefix=None,
+                        spinning=True):
+    """An onnxruntime session of the graph at ``path``, on the CPU, with
+    ``threads`` threads in an op (default: onnxruntime's, the cores), and
+    its profiler on when ``profile_prefix`` names where to write. Without
+    ``spinning`` its threads sleep when a run ends, where by default they
+    spin a while, taking the cores from whatever runs next."""
     import onnxruntime
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    if not spinning:
+        options.add_session_config_entry('session.intra_op.allow_spinning',
+                                         '0')
     return onnxruntime.InferenceSession(
-        path, providers=['CPUExecutionProvider'])
+        path, options, providers=['CPUExecutionProvider'])
 
 
-def verify(path, module, shapes, seed=0):
+def verify(path, module, images):
     """onnxruntime against PyTorch (``module``, with the model's own
-    modules) on random images of each of ``shapes``.
+    modules) on each of ``images`` (B, 3, H, W), RGB 0..255.
 
     Returns:
         list[float]: The relative error (:func:`relative_error`) at each.
     """
     session = onnxruntime_session(path)
     errors = []
-    for i, shape in enumerate(shapes):
-        image = random_image(shape, seed + i)
+    for image in images:
         with torch.no_grad():
             reference = _as_tuple(module(image))
         output = session.run(None, {INPUT_NAME: image.numpy()})

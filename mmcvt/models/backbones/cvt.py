@@ -31,13 +31,14 @@ from mmengine.model.weight_init import (constant_init, initialize,
                                         trunc_normal_init)
 from mmengine.registry import MODELS
 
-from ..layers import (WITH_CP_MODES, QuickGELU, add_residual, drop_path_scales,
-                      linear_pair, map_to_tokens, run_with_recompute,
-                      to_autocast_dtype, tokens_to_map, with_autocast_weights)
+from ..layers import (WITH_CP_MODES, QuickGELU, add_residual,
+                      chunked_attention, drop_path_scales, linear_pair,
+                      map_to_tokens, run_with_recompute, to_autocast_dtype,
+                      tokens_to_map, with_autocast_weights)
 from .cvt_arch import ARCH_ZOO, is_int, min_input_size, parse_arch, stage_sizes
 from .cvt_checkpoint import load_pretrained
 
-ATTN_IMPLS = ('sdpa', 'naive')
+ATTN_IMPLS = ('sdpa', 'naive', 'chunked')
 # what the projections' norm may be built as (build_norm_layer: BN, SyncBN)
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
                nn.SyncBatchNorm)
@@ -103,7 +104,9 @@ class ConvAttention(BaseModule):
         attn_impl (str): 'sdpa' runs ``F.scaled_dot_product_attention``,
             whose memory stays linear in the number of tokens. 'naive'
             materialises the score matrix as the official code does; it is
-            kept as a reference for tests and benchmarks.
+            kept as a reference for tests and benchmarks. 'chunked' runs
+            SDPA on chunks of the queries, for the ONNX export
+            (:func:`~mmcvt.models.layers.chunked_attention`).
     """
 
     def __init__(self,
@@ -206,6 +209,8 @@ class ConvAttention(BaseModule):
         if self.attn_impl == 'sdpa':
             out = F.scaled_dot_product_attention(
                 q, k, v, dropout_p=attn_drop, scale=self.scale)
+        elif self.attn_impl == 'chunked':
+            out = chunked_attention(q, k, v, self.scale, attn_drop)
         else:
             attn = (q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1)
             out = F.dropout(attn, attn_drop) @ v
@@ -415,7 +420,7 @@ class CvT(BaseModule):
             convolutions and attention: less memory than False for about
             the same time at detection sizes. Outputs and gradients are the
             same in all three modes.
-        attn_impl (str): 'sdpa' (default) or 'naive'; see
+        attn_impl (str): 'sdpa' (default), 'naive' or 'chunked'; see
             :class:`ConvAttention`.
         compile (bool | dict): Run the backbone through ``torch.compile``:
             True with ``dynamic=True`` (one graph for every image size), a
