@@ -12,7 +12,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 
-from .tiny_models import save_checkpoint, write_tiny_config
+from .tiny_models import DEMO_CONFIGS, save_checkpoint, write_tiny_config
 from .utils import load_tool
 
 infer = load_tool('infer.py')
@@ -352,7 +352,8 @@ def test_a_backend_that_cannot_run_the_weights_is_a_usage_error(
     shapes_image(tmp_path / 'a.png')
     with pytest.raises(SystemExit) as exit_:
         infer.main([
-            str(tmp_path / 'a.png'), 'config.py', '--weights',
+            str(tmp_path / 'a.png'),
+            str(DEMO_CONFIGS['maskrcnn']), '--weights',
             str(tmp_path / weights), '--out-dir',
             str(tmp_path / 'out'), *options
         ])

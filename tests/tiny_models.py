@@ -47,6 +47,7 @@ HEADS = {
     # one encoder and two decoder layers of 6
     'dino':
     f'neck=dict(in_channels={CHANNELS[1:]}, extra_channels=[96],\n'
+    '    min_tokens=50, min_input_size=None,\n'
     f'    neck=dict(in_channels={CHANNELS[1:] + [96]})),\n'
     'bbox_head=dict(num_classes=3),\n'
     'num_queries=50,\n'

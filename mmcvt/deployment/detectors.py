@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..models.necks import ExtraLevels
 from .deformable import with_sizes_as_numbers
 from .inputs import RawImageInput
 from .ops import batched_nms, roi_align
@@ -497,7 +498,14 @@ class DINODetections(Detections):
     score_threshold = 0  # DINO keeps its max_per_img best, whatever they score
 
     def __init__(self, detector):
-        super().__init__(with_sizes_as_numbers(detector))
+        exported = with_sizes_as_numbers(detector)
+        # size_problem refuses an image with too few tokens before the
+        # export, naming the smallest size whatever the arch; the neck's own
+        # check, which stops a forward pass instead, would end its search
+        for module in exported.modules():
+            if isinstance(module, ExtraLevels):
+                module.min_tokens = None
+        super().__init__(exported)
 
     @property
     def max_detections(self):
