@@ -146,7 +146,7 @@ def shapes_options(root, work_dir, name, **options):
     # runners of configs that name their visualizer (MMSegmentation's
     # 'visualizer') would write into the first one's work dir
     settings['experiment_name'] = name
-    settings['visualizer.name'] = name
+    settings['visualizer.name'] = f'{name}-visualizer'  # a str, not 'nan'
     settings.update(options)
     return ['--work-dir', str(work_dir), '--cfg-options'
             ] + [f'{key}={value}' for key, value in settings.items()]
