@@ -12,6 +12,5 @@ from .token_layout import map_to_tokens, tokens_to_map
 __all__ = [
     'QuickGELU', 'add_residual', 'drop_path_scales', 'linear_pair',
     'to_autocast_dtype', 'with_autocast_weights', 'WITH_CP_MODES',
-    'run_with_recompute', 'map_to_tokens', 'tokens_to_map',
-    'chunked_attention'
+    'run_with_recompute', 'map_to_tokens', 'tokens_to_map', 'chunked_attention'
 ]
