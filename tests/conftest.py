@@ -23,6 +23,7 @@ TRAINING_FIXTURES = frozenset({
     'segmentation_run',  # test_gather_results.py
     'detection_runs',  # test_runs.py
     'mim_runs',  # test_packaging.py
+    'upstream_mim_train',  # test_packaging.py
 })
 
 

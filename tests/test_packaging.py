@@ -16,8 +16,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from mmcvt import config_paths
+from mmcvt.compat import ONEDL_DISTRIBUTIONS
 from .tiny_models import write_tiny_config
 from .utils import REPO, STACK, load_tool
 
@@ -263,36 +265,52 @@ def test_an_editable_install_links_the_checkouts_configs_and_tools(
 
 
 # ---- mim --------------------------------------------------------------------
-@pytest.fixture(scope='module')
-def mim_runs(wheel_env, printed_config_paths):
-    """`mim train mmcvt CONFIG` for one iteration, then `mim test mmcvt
-    CONFIG --checkpoint` of its checkpoint, in the wheel's environment;
-    CONFIG, outside the repo, inherits the packaged UperNet demo, with a
-    tiny CvT, on 2 images of the shapes data."""
-    python, root = wheel_env
-    directory = root / 'mim'
+# what each demo trains on, by make_shapes_dataset.py's --task
+SHAPES_TASKS = {'upernet': 'semseg', 'maskrcnn': 'instance'}
+
+
+def write_mim_config(kind, directory, printed_config_paths):
+    """A config in ``directory``, outside the repo, that inherits the
+    packaged demo of ``kind`` ('upernet' or 'maskrcnn') with a tiny CvT,
+    and trains one iteration on 2 images of the shapes data."""
     directory.mkdir()
+    data_root = directory / 'data'
     load_tool('misc/make_shapes_dataset.py').main([
-        '--task', 'semseg', '--out',
-        str(directory / 'data'), '--num-train', '2', '--num-val', '2'
+        '--task', SHAPES_TASKS[kind], '--out',
+        str(data_root), '--num-train', '2', '--num-val', '2'
     ])
     base, = [
         path for path in printed_config_paths
-        if path.endswith('/demo/upernet_cvt13_shapes.py')
+        if path.endswith(f'/demo/{kind}_cvt13_shapes.py')
     ]
-    data_root = str(directory / 'data') + '/'
-    config = write_tiny_config(
-        'upernet',
+    schedule = ('train_cfg = dict(max_iters=1, val_interval=1)\n'
+                if kind == 'upernet' else
+                'train_cfg = dict(max_epochs=1, val_interval=1)\n'
+                'val_evaluator = dict(ann_file='
+                f'{str(data_root / "annotations/instances_val.json")!r})\n'
+                'test_evaluator = val_evaluator\n')
+    return write_tiny_config(
+        kind,
         directory,
         base=base,
         extra=textwrap.dedent(f"""\
             train_dataloader = dict(
-                batch_size=2, dataset=dict(data_root={data_root!r}))
-            val_dataloader = dict(dataset=dict(data_root={data_root!r}))
+                batch_size=2, dataset=dict(data_root={str(data_root) + '/'!r}))
+            val_dataloader = dict(
+                dataset=dict(data_root={str(data_root) + '/'!r}))
             test_dataloader = val_dataloader
-            train_cfg = dict(max_iters=1, val_interval=1)
             default_hooks = dict(checkpoint=dict(interval=1))
-            """))
+            """) + schedule)
+
+
+@pytest.fixture(scope='module')
+def mim_runs(wheel_env, printed_config_paths):
+    """`mim train mmcvt CONFIG` for one iteration, then `mim test mmcvt
+    CONFIG --checkpoint` of its checkpoint, in the wheel's environment, on
+    the UperNet demo's CONFIG of :func:`write_mim_config`."""
+    python, root = wheel_env
+    directory = root / 'mim'
+    config = write_mim_config('upernet', directory, printed_config_paths)
     trained = run(
         python,
         '-m',
@@ -317,6 +335,85 @@ def mim_runs(wheel_env, printed_config_paths):
         cwd=directory)
     tools = root / 'venv' / 'lib'
     return tools, directory, trained, tested
+
+
+# MMDetection's and MMSegmentation's own train.py, which build mmengine's
+# Runner and keep mmengine's checkpoint loaders: the packaged config's
+# custom_imports bring CvT and mmcvt's hooks
+UPSTREAM_TRAIN = {'mmdet': 'maskrcnn', 'mmseg': 'upernet'}
+
+
+@pytest.fixture(scope='module', params=sorted(UPSTREAM_TRAIN))
+def upstream_mim_train(request, wheel_env, printed_config_paths):
+    """`mim train mmdet|mmseg CONFIG` (on OneDL `mim train
+    onedl-mmdetection|onedl-mmsegmentation CONFIG`) in the wheel's
+    environment: the library, the work dir and the completed process."""
+    library = request.param
+    python, root = wheel_env
+    directory = root / f'mim_{library}'
+    config = write_mim_config(UPSTREAM_TRAIN[library], directory,
+                              printed_config_paths)
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    # openmim finds a codebase by its distribution's name
+    codebase = ONEDL_DISTRIBUTIONS[library] if STACK == 'onedl' else library
+    result = subprocess.run([
+        str(python), '-m', 'mim', 'train', codebase,
+        str(config), '--work-dir',
+        str(directory / 'train')
+    ],
+                            cwd=directory,
+                            env=env,
+                            capture_output=True,
+                            text=True,
+                            timeout=600)
+    return library, directory / 'train', result
+
+
+@pytest.fixture
+def upstream_mim_trained(upstream_mim_train):
+    """The runs of :func:`upstream_mim_train` that this stack can parse."""
+    library = upstream_mim_train[0]
+    if parses_before_mmcvt(library):
+        pytest.skip(f'OneDL: {library}\'s train.py cannot (the test below)')
+    return upstream_mim_train
+
+
+def parses_before_mmcvt(library):
+    """Whether ``library``'s train.py fails on this stack to parse a config
+    that inherits its bases: onedl-mmengine resolves mmseg:: only once
+    mmcvt is imported, which custom_imports does after the bases."""
+    return library == 'mmseg' and STACK == 'onedl'
+
+
+@pytest.mark.slow
+def test_upstreams_own_train_script_trains_a_packaged_config(
+        upstream_mim_trained):
+    library, work_dir, result = upstream_mim_trained
+    assert result.returncode == 0, (
+        result.stdout[-2000:] + result.stderr[-3000:])
+    command = result.stdout.split('Training command is ', 1)[1].split()
+    assert command[1].endswith(f'/site-packages/{library}/.mim/tools/'
+                               f'train.py')
+    assert 'StrictCheckpointRunner' not in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_upstreams_train_script_is_plain_weights_only(
+        upstream_mim_trained):
+    library, work_dir, result = upstream_mim_trained
+    checkpoint, = work_dir.glob('*_1.pth')
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(
+        checkpoint) == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(STACK != 'onedl', reason='onedl-mmengine')
+def test_on_onedl_mmsegs_train_script_cannot_parse_mmseg_bases(
+        upstream_mim_train):
+    library, _, result = upstream_mim_train
+    if not parses_before_mmcvt(library):
+        pytest.skip(f'{library} parses its bases')
+    assert 'mmsegmentation is not installed' in result.stderr
 
 
 @pytest.mark.slow
