@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
 from mmcvt.engine import build_runner
+from mmcvt.engine.checkpoint_state import rebuilt_message_hub
 from mmcvt.fileio import checkpoint_file_problem, load_from_local_file
 from .utils import HF_ARCH, STACK, load_repo_config, load_tool
 
@@ -197,6 +198,52 @@ def test_safe_checkpoints_hold_nothing_torchs_unpickler_refuses(safe_work_dir):
 def test_stock_mmengines_loader_reads_safe_checkpoints(safe_work_dir):
     checkpoint = load_from_local(str(safe_work_dir / 'iter_4.pth'), 'cpu')
     assert checkpoint['meta']['iter'] == 4
+
+
+class OffTheCPU(torch.Tensor):
+    """A tensor as Runner.resume loads it onto a GPU, on any machine: numpy
+    refuses it, as it refuses a CUDA tensor, until ``.cpu()`` copies it."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        name = getattr(func, '__name__', None)
+        if name == 'numpy':
+            raise TypeError("can't convert cuda:0 device type tensor to "
+                            "numpy. Use Tensor.cpu() to copy the tensor to "
+                            "host memory first.")
+        if name == 'cpu':
+            return args[0].as_subclass(torch.Tensor).clone()
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def rebuilt_losses(message_hub):
+    """The loss log of a rebuilt message hub state."""
+    return message_hub['log_scalars']['train/loss'].data[0].tolist()
+
+
+def saved_losses(path):
+    """The loss log of a checkpoint of SafeCheckpointHook, as saved."""
+    state = load_from_local_file(str(path))['message_hub']
+    return state['log_scalars']['train/loss']['log_history'].tolist()
+
+
+def test_logs_loaded_off_the_cpu_are_rebuilt(safe_work_dir):
+    # Runner.resume loads checkpoints onto the training device
+    path = safe_work_dir / 'iter_4.pth'
+    off_the_cpu = load_from_local_file(str(path))['message_hub']
+    for buffer in off_the_cpu['log_scalars'].values():
+        for key in ('log_history', 'count_history'):
+            buffer[key] = buffer[key].as_subclass(OffTheCPU)
+    rebuilt = rebuilt_message_hub(off_the_cpu)
+    assert rebuilt_losses(rebuilt) == saved_losses(path)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_logs_loaded_onto_a_gpu_are_rebuilt(safe_work_dir):
+    path = safe_work_dir / 'iter_4.pth'
+    on_the_gpu = torch.load(path, map_location='cuda', weights_only=True)
+    rebuilt = rebuilt_message_hub(on_the_gpu['message_hub'])
+    assert rebuilt_losses(rebuilt) == saved_losses(path)
 
 
 def resumed_loss_history(work_dir, tmp_path):

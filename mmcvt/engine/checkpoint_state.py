@@ -35,8 +35,9 @@ def plain_message_hub(state):
 
 def rebuilt_message_hub(state):
     """The ``HistoryBuffer`` objects of a state saved by
-    :func:`plain_message_hub`, in place of their dicts; a state saved with
-    the objects themselves is returned as it is."""
+    :func:`plain_message_hub`, in place of their dicts, wherever their
+    tensors were loaded to; a state saved with the objects themselves is
+    returned as it is."""
     return dict(
         state,
         log_scalars={
@@ -56,8 +57,11 @@ def _plain_buffer(buffer):
 def _rebuilt_buffer(value):
     if not (isinstance(value, dict) and value.keys() == _BUFFER_KEYS):
         return value
-    return HistoryBuffer(value['log_history'].numpy(),
-                         value['count_history'].numpy(), value['max_length'])
+    # Runner.resume loads a checkpoint onto the training device (a GPU's),
+    # and numpy reads tensors on the CPU only
+    return HistoryBuffer(value['log_history'].cpu().numpy(),
+                         value['count_history'].cpu().numpy(),
+                         value['max_length'])
 
 
 def _plain(value):
