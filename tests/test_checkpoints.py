@@ -492,8 +492,9 @@ def test_load_from_a_checkpoint_of_another_model_is_an_error_naming_keys(
             in message)
 
 
-def test_load_from_a_checkpoint_of_integers_is_an_error_naming_them(tmp_path):
-    checkpoint = tmp_path / 'integers.pth'
+def integer_weights(directory):
+    """A checkpoint of LinearModel whose weight holds integers."""
+    checkpoint = directory / 'integers.pth'
     torch.save(
         {
             'state_dict': {
@@ -501,6 +502,11 @@ def test_load_from_a_checkpoint_of_integers_is_an_error_naming_them(tmp_path):
                 'linear.bias': torch.zeros(1)
             }
         }, checkpoint)
+    return checkpoint
+
+
+def test_load_from_a_checkpoint_of_integers_is_an_error_naming_them(tmp_path):
+    checkpoint = integer_weights(tmp_path)
     runner = build_linear_runner(tmp_path, max_iters=2, load_from=checkpoint)
     with pytest.raises(TypeError) as error:
         runner.train()
@@ -508,6 +514,17 @@ def test_load_from_a_checkpoint_of_integers_is_an_error_naming_them(tmp_path):
             f'floating point numbers, or the reverse: [linear.weight: '
             f'checkpoint torch.int64, model torch.float32]') in str(
                 error.value)
+
+
+def test_a_wrapped_model_refuses_a_checkpoint_of_integers_too(tmp_path):
+    # as a launcher's MMDistributedDataParallel wraps it: its keys start
+    # with module., and DataParallel is a model wrapper that needs no GPU
+    checkpoint = integer_weights(tmp_path)
+    runner = build_linear_runner(tmp_path, max_iters=2)
+    runner.model = nn.DataParallel(runner.model)
+    kinds = r'\[linear.weight: checkpoint torch.int64, model torch.float32\]'
+    with pytest.raises(TypeError, match=kinds):
+        runner.load_checkpoint(str(checkpoint))
 
 
 # ---- the converter ----------------------------------------------------------

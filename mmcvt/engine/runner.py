@@ -8,6 +8,7 @@ import re
 from contextlib import contextmanager
 
 from mmengine.fileio import LocalBackend, get_file_backend
+from mmengine.model import is_model_wrapper
 from mmengine.registry import RUNNERS
 from mmengine.runner import (CheckpointLoader, Runner, find_latest_checkpoint,
                              load_checkpoint)
@@ -46,6 +47,9 @@ def check_weight_kinds(model, checkpoint, filename, revise_keys=REVISE_KEYS):
     ``model`` holds as another kind of number (see
     :func:`~mmcvt.fileio.kind_mismatches`): a strict load takes them
     without a word, and the model then predicts nonsense."""
+    # a wrapper's keys (DDP's) start with module., the checkpoint's not
+    if is_model_wrapper(model):
+        model = model.module
     state_dict = checkpoint.get('state_dict', checkpoint)
     for pattern, replacement in revise_keys:
         state_dict = {
