@@ -11,6 +11,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
+import mmengine.dist
 import numpy as np
 import pytest
 import torch
@@ -27,6 +28,7 @@ from torch.utils.data import Dataset
 
 from mmcvt.engine import build_runner
 from mmcvt.engine.checkpoint_state import rebuilt_message_hub
+from mmcvt.engine.hooks import partial_path
 from mmcvt.fileio import checkpoint_file_problem, load_from_local_file
 from .utils import HF_ARCH, STACK, load_repo_config, load_tool
 
@@ -446,6 +448,18 @@ def test_a_save_cut_short_leaves_a_complete_checkpoint_to_resume_from(
     runner.train()
     assert recorder(runner).iters == [2, 3, 4, 5]
     assert sorted(p.name for p in tmp_path.glob('*.pth*')) == ['iter_6.pth']
+
+
+def test_a_rank_but_0_leaves_the_checkpoint_being_written_alone(
+        tmp_path, monkeypatch):
+    runner = build_linear_runner(tmp_path, max_iters=2)
+    # rank 0 is writing iter_2.pth, in the directory that the ranks share
+    being_written = Path(partial_path(str(tmp_path / 'iter_2.pth')))
+    being_written.write_bytes(b'PK half written')
+    monkeypatch.setattr(mmengine.dist.utils, 'get_rank', lambda group=None: 1)
+    runner.save_checkpoint(str(tmp_path), 'iter_2.pth')
+    assert being_written.read_bytes() == b'PK half written'
+    assert not (tmp_path / 'iter_2.pth').exists()
 
 
 # ---- resuming from a checkpoint that is cut short ---------------------------

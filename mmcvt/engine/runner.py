@@ -7,6 +7,7 @@ import os.path as osp
 import re
 from contextlib import contextmanager
 
+from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend, get_file_backend
 from mmengine.model import is_model_wrapper
 from mmengine.registry import RUNNERS
@@ -158,9 +159,11 @@ class StrictCheckpointRunner(Runner):
             return super().save_checkpoint(out_dir, filename, *args, **kwargs)
         super().save_checkpoint(out_dir, partial_path(filename), *args,
                                 **kwargs)
-        path = osp.join(out_dir, filename)
-        # Runner.save_checkpoint writes on the main process only
-        if osp.exists(partial_path(path)):
+        # Runner.save_checkpoint writes on the main process only and returns
+        # at once on the others, which would find the main process's file
+        # half written in a directory they share
+        if is_main_process():
+            path = osp.join(out_dir, filename)
             publish(partial_path(path), path)
 
 
