@@ -332,6 +332,30 @@ def test_without_last_checkpoint_resume_takes_the_newest_in_the_work_dir(
             f'complete checkpoint in {copy}, {copy}/iter_4.pth') in log
 
 
+def test_without_last_checkpoint_the_step_is_read_by_the_hooks_template(
+        tmp_path):
+    # the template that SafeCheckpointHook deletes old checkpoints by
+    hook = dict(type='SafeCheckpointHook', filename_tmpl='linear_{}_iters.pth')
+    work_dir = tmp_path / 'custom'
+    build_linear_runner(work_dir, max_iters=4, checkpoint_hook=hook).train()
+    (work_dir / 'last_checkpoint').unlink()
+    # a copy may write them in any order
+    os.utime(work_dir / 'linear_2_iters.pth')
+    iters, log = resume_linear(work_dir, checkpoint_hook=hook)
+    assert iters == [4, 5]
+    assert f'Load checkpoint from {work_dir}/linear_4_iters.pth' in log
+
+
+def test_without_last_checkpoint_a_weights_file_beside_is_not_resumed_from(
+        linear_work_dir, tmp_path):
+    copy = shutil.copytree(linear_work_dir, tmp_path / 'with_weights')
+    (copy / 'last_checkpoint').unlink()
+    torch.save({'linear.weight': torch.zeros(1, 2)}, copy / 'cvt13_384.pth')
+    iters, log = resume_linear(copy)
+    assert iters == [4, 5]
+    assert f'Load checkpoint from {copy}/iter_4.pth' in log
+
+
 def test_a_checkpoint_named_to_resume_from_may_be_outside_the_work_dir(
         linear_work_dir, tmp_path):
     elsewhere = linear_work_dir / 'iter_2.pth'

@@ -86,7 +86,7 @@ class SafeCheckpointHook(CheckpointHook):
         self._newest_seen = self.last_ckpt
         if self.max_kept <= 0 or not is_main_process():
             return
-        step_of = _step_parser(self.filename_tmpl)
+        step_of = checkpoint_step_parser(self.filename_tmpl)
         newest = step_of(osp.basename(self.last_ckpt))
         if newest is None:
             return
@@ -103,10 +103,22 @@ class SafeCheckpointHook(CheckpointHook):
                 self.file_backend.rmtree(path)
 
 
-def _step_parser(filename_tmpl):
+def checkpoint_name_template(checkpoint_cfg):
+    """The ``filename_tmpl`` of the CheckpointHook that ``checkpoint_cfg``
+    (a config's ``default_hooks.checkpoint``) builds, settled as the hook
+    settles it when it is None."""
+    template = checkpoint_cfg.get('filename_tmpl')
+    if template is not None:
+        return template
+    by_epoch = checkpoint_cfg.get('by_epoch', True)
+    return 'epoch_{}.pth' if by_epoch else 'iter_{}.pth'
+
+
+def checkpoint_step_parser(filename_tmpl):
     """A function from a file name to the epoch or iteration that
     ``filename_tmpl`` ('epoch_{}.pth') puts in it, or None for another
-    name."""
+    name. It tells the checkpoints that :class:`SafeCheckpointHook` deletes
+    and those that :class:`StrictCheckpointRunner` may resume from."""
     pattern = re.compile(
         re.sub(r'\\\{[^}]*\\\}', r'(\\d+)', re.escape(filename_tmpl)))
 

@@ -2,7 +2,7 @@
 the checkpoints it loads, careful about the one it resumes from, and exact
 in resuming it."""
 import copy
-import glob
+import os
 import os.path as osp
 import re
 from contextlib import contextmanager
@@ -17,8 +17,9 @@ from mmengine.runner import (CheckpointLoader, Runner, find_latest_checkpoint,
 from ..compat import is_strict_load_mismatch
 from ..fileio import (checkpoint_file_problem, install_checkpoint_loaders,
                       kind_mismatches, name_keys)
-from .hooks import (RandomStatesHook, StopOnNonFiniteLossHook, partial_path,
-                    publish)
+from .hooks import (RandomStatesHook, StopOnNonFiniteLossHook,
+                    checkpoint_name_template, checkpoint_step_parser,
+                    partial_path, publish)
 
 # mmengine's Runner.load_checkpoint and load_checkpoint strip DDP's prefix
 REVISE_KEYS = [(r'^module\.', '')]
@@ -101,9 +102,12 @@ class StrictCheckpointRunner(Runner):
       old one; it is read as the file of that name in the work dir. When
       that one is missing or cut short, training resumes from the newest
       complete checkpoint there, and the log says so; with none, it starts
-      afresh, as mmengine's does. A checkpoint named by ``load_from``
-      (``--resume CHECKPOINT``) may be anywhere; one cut short is an error
-      that names the newest complete one beside it.
+      afresh, as mmengine's does. The newest is that of the highest epoch
+      or iteration in the file name template of the config's
+      ``CheckpointHook`` (``filename_tmpl``), the checkpoints that
+      :class:`SafeCheckpointHook` deletes by. A checkpoint named by
+      ``load_from`` (``--resume CHECKPOINT``) may be anywhere; one cut short
+      is an error that names the newest complete one beside it.
     - A resumed run continues the interrupted one exactly: it takes the
       checkpoint's random seed before the samplers and the data workers'
       seeds are made from it, and :class:`RandomStatesHook` restores the
@@ -172,7 +176,10 @@ def _settle_resume(cfg, notes):
     ``cfg.randomness.seed`` to its seed, or ``cfg.resume`` to False when
     there is none; what the log should say goes into ``notes``."""
     directory = checkpoint_dir(cfg)
-    checkpoint = _checkpoint_to_resume(cfg, directory, notes)
+    # the checkpoints of the hook's file name template, as it deletes them
+    step_of = checkpoint_step_parser(
+        checkpoint_name_template(_checkpoint_cfg(cfg)))
+    checkpoint = _checkpoint_to_resume(cfg, directory, step_of, notes)
     if checkpoint is None:
         notes.append(f'no checkpoint in {directory} to resume from: '
                      f'training from the start')
@@ -203,20 +210,26 @@ def checkpoint_dir(cfg):
     """Where the CheckpointHook of ``cfg`` saves: the work dir, or its
     ``out_dir`` joined with the work dir's name, as the hook joins them."""
     work_dir = osp.abspath(cfg.work_dir)
-    out_dir = cfg.get('default_hooks', {}).get('checkpoint', {}).get('out_dir')
+    out_dir = _checkpoint_cfg(cfg).get('out_dir')
     if not out_dir or out_dir == work_dir:
         return work_dir
     return osp.join(out_dir, osp.basename(work_dir.rstrip(osp.sep)))
 
 
-def _checkpoint_to_resume(cfg, directory, notes):
+def _checkpoint_cfg(cfg):
+    """The config of the CheckpointHook of ``cfg``, {} when it has none."""
+    return (cfg.get('default_hooks') or {}).get('checkpoint') or {}
+
+
+def _checkpoint_to_resume(cfg, directory, step_of, notes):
     named = cfg.get('load_from')
     if named:
         latest = named
     else:
         latest = _latest_in(cfg, directory, notes)
         if latest is None:
-            return _newest_without_last_checkpoint(cfg, directory, notes)
+            return _newest_without_last_checkpoint(cfg, directory, step_of,
+                                                   notes)
     if '://' in latest:  # remote files are not checked
         return latest
     problem = (
@@ -224,7 +237,8 @@ def _checkpoint_to_resume(cfg, directory, notes):
         if osp.isfile(latest) else 'it does not exist')
     if problem is None:
         return latest
-    previous = _newest_complete_checkpoint(osp.dirname(latest), latest)
+    previous = _newest_complete_checkpoint(
+        osp.dirname(latest), latest, step_of)
     if named or previous is None:
         raise RuntimeError(f'cannot resume from {latest}: {problem}. ' + (
             f'The newest complete checkpoint beside it is {previous}: '
@@ -255,10 +269,10 @@ def _latest_in(cfg, directory, notes):
     return inside
 
 
-def _newest_without_last_checkpoint(cfg, directory, notes):
+def _newest_without_last_checkpoint(cfg, directory, step_of, notes):
     if '://' in directory:
         return None
-    newest = _newest_complete_checkpoint(directory, None)
+    newest = _newest_complete_checkpoint(directory, None, step_of)
     if newest is not None:
         notes.append(f'no last_checkpoint in {osp.abspath(cfg.work_dir)}: '
                      f'resuming from the newest complete checkpoint in '
@@ -266,24 +280,21 @@ def _newest_without_last_checkpoint(cfg, directory, notes):
     return newest
 
 
-def _step(path):
-    """The epoch or iteration in a checkpoint's name (epoch_12.pth: 12)."""
-    found = re.search(r'(\d+)\.pth$', osp.basename(path))
-    return int(found.group(1)) if found else -1
-
-
-def _newest_complete_checkpoint(directory, broken):
+def _newest_complete_checkpoint(directory, broken, step_of):
     """The newest checkpoint in ``directory`` to resume from, other than
-    ``broken``: the highest epoch or iteration in its name, of equal ones
-    the last written (a copied directory's times are those of the copy).
-    best_* checkpoints hold no optimizer state."""
-    candidates = [
-        path for path in glob.glob(osp.join(directory, '*.pth'))
-        if path != broken and not osp.basename(path).startswith('best_')
-    ]
+    ``broken``: of the files whose names ``step_of`` reads a step from
+    (which best_* checkpoints, holding no optimizer state, are not), the
+    highest step, of equal ones the last written."""
+    directory = directory or os.curdir
+    if not osp.isdir(directory):
+        return None
+    steps = {}
+    for name in os.listdir(directory):
+        path = osp.join(directory, name)
+        if path != broken and step_of(name) is not None and osp.isfile(path):
+            steps[path] = step_of(name)
     for path in sorted(
-            candidates, key=lambda p: (_step(p), osp.getmtime(p)),
-            reverse=True):
+            steps, key=lambda p: (steps[p], osp.getmtime(p)), reverse=True):
         if checkpoint_file_problem(path) is None:
             return path
     return None
