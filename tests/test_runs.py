@@ -332,6 +332,33 @@ def test_without_last_checkpoint_resume_takes_the_newest_in_the_work_dir(
             f'complete checkpoint in {copy}, {copy}/iter_4.pth') in log
 
 
+# what mmengine's CheckpointHook, stopped while it rewrites last_checkpoint,
+# may leave in it, and what the log says of that
+BROKEN_POINTERS = dict(
+    empty=(b'', 'is empty, as a run stopped while writing it leaves it'),
+    cut_short=('{copy}/ite', "is cut short or garbled: it reads '{copy}/ite', "
+               'which names no checkpoint'),
+    zero_bytes=(b'\0' * 16, r"is cut short or garbled: it reads '\x00"),
+    no_text=(b'\xff\xfe', 'cannot be read'))
+
+
+@pytest.mark.parametrize('name', BROKEN_POINTERS)
+def test_a_broken_last_checkpoint_resumes_from_the_newest_and_says_why(
+        linear_work_dir, tmp_path, name):
+    pointer, problem = BROKEN_POINTERS[name]
+    # a name of its own: the runner's, and its log's
+    copy = shutil.copytree(linear_work_dir, tmp_path / f'{name}_pointer')
+    if isinstance(pointer, str):
+        pointer = pointer.format(copy=copy).encode()
+    (copy / 'last_checkpoint').write_bytes(pointer)
+    iters, log = resume_linear(copy)
+    assert iters == [4, 5]
+    assert f'{copy}/last_checkpoint {problem.format(copy=copy)}' in log
+    assert (f': resuming from the newest complete checkpoint in {copy}, '
+            f'{copy}/iter_4.pth') in log
+    assert 'outside' not in log
+
+
 def test_without_last_checkpoint_the_step_is_read_by_the_hooks_template(
         tmp_path):
     # the template that SafeCheckpointHook deletes old checkpoints by

@@ -11,8 +11,7 @@ from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend, get_file_backend
 from mmengine.model import is_model_wrapper
 from mmengine.registry import RUNNERS
-from mmengine.runner import (CheckpointLoader, Runner, find_latest_checkpoint,
-                             load_checkpoint)
+from mmengine.runner import CheckpointLoader, Runner, load_checkpoint
 
 from ..compat import is_strict_load_mismatch
 from ..fileio import (checkpoint_file_problem, install_checkpoint_loaders,
@@ -226,10 +225,10 @@ def _checkpoint_to_resume(cfg, directory, step_of, notes):
     if named:
         latest = named
     else:
-        latest = _latest_in(cfg, directory, notes)
+        latest, why_not = _latest_in(cfg, directory, step_of, notes)
         if latest is None:
-            return _newest_without_last_checkpoint(cfg, directory, step_of,
-                                                   notes)
+            return _newest_without_last_checkpoint(cfg, directory, why_not,
+                                                   step_of, notes)
     if '://' in latest:  # remote files are not checked
         return latest
     problem = (
@@ -251,14 +250,33 @@ def _checkpoint_to_resume(cfg, directory, step_of, notes):
     return previous
 
 
-def _latest_in(cfg, directory, notes):
+def _latest_in(cfg, directory, step_of, notes):
     """The checkpoint that ``last_checkpoint`` names, taken from this
-    run's checkpoint dir whatever directory it names; None without a
-    ``last_checkpoint``."""
-    pointed = find_latest_checkpoint(osp.abspath(cfg.work_dir))
-    if pointed is None or '://' in pointed or '://' in directory:
-        return pointed
+    run's checkpoint dir whatever directory it names, and None; None and
+    None without a ``last_checkpoint``; None and what is wrong with a
+    ``last_checkpoint`` that names no checkpoint."""
+    pointer = osp.join(osp.abspath(cfg.work_dir), 'last_checkpoint')
+    if not osp.isfile(pointer):
+        return None, None
+    # mmengine's CheckpointHook rewrites it in place: a run stopped while it
+    # does leaves it empty or cut short, a machine that crashes meanwhile
+    # zero bytes in it, on some file systems
+    try:
+        with open(pointer, encoding='utf-8') as f:
+            pointed = f.read().strip()
+    except (OSError, UnicodeDecodeError) as error:
+        return None, f'{pointer} cannot be read ({error})'
+    if not pointed:
+        return None, (f'{pointer} is empty, as a run stopped while '
+                      f'writing it leaves it')
+    if '://' in pointed or '://' in directory:
+        return pointed, None
     inside = osp.join(directory, osp.basename(pointed))
+    if not pointed.isprintable() or (step_of(osp.basename(pointed)) is None
+                                     and not osp.exists(pointed)
+                                     and not osp.exists(inside)):
+        return None, (f'{pointer} is cut short or garbled: it reads '
+                      f'{pointed!r}, which names no checkpoint')
     if osp.realpath(pointed) != osp.realpath(inside):
         notes.append(
             f'last_checkpoint names {pointed}, outside {directory} (was '
@@ -266,17 +284,23 @@ def _latest_in(cfg, directory, notes):
             f'checkpoint of that name in {directory} instead, or from '
             f'the newest complete one there. To resume from {pointed}, '
             f'name it: --resume {pointed}')
-    return inside
+    return inside, None
 
 
-def _newest_without_last_checkpoint(cfg, directory, step_of, notes):
-    if '://' in directory:
-        return None
-    newest = _newest_complete_checkpoint(directory, None, step_of)
+def _newest_without_last_checkpoint(cfg, directory, why_not, step_of, notes):
+    """The newest complete checkpoint in ``directory``, when there is no
+    ``last_checkpoint`` (``why_not`` None) or what is wrong with it is
+    ``why_not``."""
+    newest = None
+    if '://' not in directory:
+        newest = _newest_complete_checkpoint(directory, None, step_of)
     if newest is not None:
-        notes.append(f'no last_checkpoint in {osp.abspath(cfg.work_dir)}: '
-                     f'resuming from the newest complete checkpoint in '
-                     f'{directory}, {newest}')
+        why_not = why_not or (
+            f'no last_checkpoint in {osp.abspath(cfg.work_dir)}')
+        notes.append(f'{why_not}: resuming from the newest complete '
+                     f'checkpoint in {directory}, {newest}')
+    elif why_not is not None:
+        notes.append(why_not)
     return newest
 
 
