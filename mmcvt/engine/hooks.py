@@ -255,10 +255,15 @@ class RandomStatesHook(Hook):
       random numbers (see
       :func:`mmcvt.compat.call_before_first_batch_after_resume`).
     - The training data loader gets a torch generator of its own, seeded
-      with the run's seed, when it has none: it draws its workers' base
-      seed from it instead of from the global random state, whenever it
-      makes an iterator (onedl-mmengine makes one lazily, after a resume's
-      restore).
+      with the run's seed, when it has none: the iterators it makes from
+      ``before_train`` on draw their workers' base seed from it, not from
+      the global random state, which a resumed run may have restored by
+      then (an ``EpochBasedTrainLoop`` makes one each epoch;
+      onedl-mmengine's ``IterBasedTrainLoop`` makes its one lazily, after
+      the restore). Upstream mmengine's ``IterBasedTrainLoop`` makes its
+      iterator when it is built, before ``before_train``: that one draws
+      from the global random state, at the same point of the interrupted
+      run and of the resumed one, which the same seed set alike.
     - Validation during training hands training the random states it found,
       so that nothing between a checkpoint and the next batch draws from
       them, and validating more or less often changes nothing in training.
