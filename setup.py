@@ -70,7 +70,10 @@ setup(
     long_description=(HERE / 'README.md').read_text(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['mmcvt', 'mmcvt.*']),
-    python_requires='>=3.9',
+    # the doctor reads sys.stdlib_module_names and
+    # importlib.metadata.packages_distributions (3.10); OneDL's libraries
+    # need 3.10 too
+    python_requires='>=3.10',
     # torch is deliberately not required: pip would replace a user's CUDA
     # build or fetch a CUDA one; tools/install.sh installs it
     # (requirements/torch.txt). mmcvt needs TORCH_MINIMUM or newer (see

@@ -1,10 +1,10 @@
 """mmcvt: CvT backbones for MMDetection 3.x and MMSegmentation 1.x.
 
-Importing it registers the model and nothing else: ``CvT``, ``QuickGELU``
-and the ``ExtraLevels`` neck, in mmengine's root MODELS, which both
-libraries' registries reach, so that a config of either builds its model
-with ``custom_imports=dict(imports=['mmcvt'])``. mmcvt's Runner, hooks and
-weights-only checkpoint loaders are registered by mmcvt's tools, or by a
+Importing it registers the model and no other component: ``CvT``,
+``QuickGELU`` and the ``ExtraLevels`` neck, in mmengine's root MODELS, which
+both libraries' registries reach, so that a config of either builds its
+model with ``custom_imports=dict(imports=['mmcvt'])``. mmcvt's Runner, hooks
+and weights-only checkpoint loaders are registered by mmcvt's tools, or by a
 config that asks for them with ``imports=['mmcvt', 'mmcvt.engine']``
 (:mod:`mmcvt.engine`); other tools keep their own Runner and loaders.
 

@@ -150,29 +150,77 @@ def test_install_sh_refuses_an_unknown_stack_before_touching_anything(
     assert not venv.exists()
 
 
-@pytest.mark.slow
+# the module of each distribution that venv_holding() fakes, where its name
+# is not that of its module
+MODULES = {
+    'mmsegmentation': 'mmseg',
+    'onedl-mmengine': 'mmengine',
+    'onedl-mmsegmentation': 'mmseg',
+}
+
+
+def venv_holding(venv, *distributions):
+    """A virtual environment at ``venv`` whose site-packages hold the
+    metadata of ``distributions`` ('name==version'), as pip writes it, and
+    nothing else."""
+    subprocess.run([sys.executable, '-m', 'venv', '--without-pip', venv],
+                   check=True)
+    site = sysconfig.get_paths(vars={'base': venv, 'platbase': venv})
+    for distribution in distributions:
+        name, version = distribution.split('==')
+        module = MODULES.get(name, name)
+        info = f'{name.replace("-", "_")}-{version}.dist-info'
+        folder = venv / os.path.relpath(site['purelib'], venv) / info
+        folder.mkdir(parents=True)
+        (folder / 'METADATA').write_text(
+            f'Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n')
+        (folder / 'RECORD').write_text(f'{module}/__init__.py,,\n'
+                                       f'{info}/METADATA,,\n')
+    return venv
+
+
+def other_stack_distributions(venv, stack):
+    """What tools/install.sh finds of another stack in ``venv``."""
+    return subprocess.run([
+        venv / 'bin' / 'python', 'tools/misc/other_stack_distributions.py',
+        stack, *map(str, REPO.glob('requirements/*/mmcv.txt')),
+        *map(str, REPO.glob('requirements/*/openmmlab.txt'))
+    ],
+                          cwd=REPO,
+                          capture_output=True,
+                          text=True,
+                          check=True).stdout.split()
+
+
 @pytest.mark.parametrize('stack, foreign',
                          [('onedl', 'mmcv==2.1.0'),
                           ('upstream', 'onedl-mmengine==0.10.12')])
-def test_install_sh_refuses_an_environment_of_the_other_stack(
+def test_a_distribution_of_the_other_stack_that_installs_an_openmmlab_module_is_found(  # noqa: E501
         tmp_path, stack, foreign):
+    venv = venv_holding(tmp_path / 'venv', foreign, 'numpy==1.26.4')
+    assert other_stack_distributions(venv, stack) == [foreign]
+
+
+def test_what_only_the_other_stack_pins_but_installs_other_modules_is_not_found(  # noqa: E501
+        tmp_path):
+    """Upstream pins ftfy and regex, which onedl-mmsegmentation installs as
+    its own requirements: a second install of OneDL goes on."""
+    venv = venv_holding(tmp_path / 'venv', 'onedl-mmsegmentation==1.4.2',
+                        'ftfy==6.3.1', 'regex==2026.11.19')
+    assert other_stack_distributions(venv, 'onedl') == []
+
+
+@pytest.mark.slow
+def test_install_sh_refuses_an_environment_of_the_other_stack(tmp_path):
     """Both stacks install the same modules: installing one over the other
     would leave files of both."""
-    venv = tmp_path / 'venv'
-    subprocess.run([sys.executable, '-m', 'venv', '--without-pip', venv],
-                   check=True)
-    name, version = foreign.split('==')
-    site = sysconfig.get_paths(vars={'base': venv, 'platbase': venv})
-    info = (
-        venv / os.path.relpath(site['purelib'], venv) /
-        f'{name.replace("-", "_")}-{version}.dist-info')
-    info.mkdir(parents=True)
-    (info / 'METADATA'
-     ).write_text(f'Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n')
-    result = install_sh(stack, venv)
+    venv = venv_holding(tmp_path / 'venv', 'mmcv==2.1.0',
+                        'mmsegmentation==1.2.2')
+    result = install_sh('onedl', venv)
     assert result.returncode == 1
+    foreign = 'mmcv==2.1.0 mmsegmentation==1.2.2'
     assert (f'[install] {venv} holds {foreign}, of another stack than '
-            f'{stack}, which install the same modules: install into another '
+            f'onedl, which install the same modules: install into another '
             f'VENV, or remove them first: {venv}/bin/python -m pip uninstall '
             f'-y {foreign}') in ' '.join(result.stdout.split())
     assert not (venv / 'constraints.txt').exists()  # nothing was installed

@@ -38,32 +38,12 @@ fi
 
 # The other stacks' distributions install the same modules as this one's:
 # installing over them would leave files of both. Stop instead.
-foreign=$("$PY" - "$STACK" requirements/*/mmcv.txt requirements/*/openmmlab.txt <<'EOF'
-import re
-import sys
-from importlib import metadata
-from pathlib import Path
-
-stack, files = sys.argv[1], sys.argv[2:]
-names = {}  # distribution name: the stacks that pin it
-for file in files:
-    for line in Path(file).read_text().splitlines():
-        name = re.match(r'\s*([A-Za-z0-9._-]+)', line.split('#')[0])
-        if name:
-            names.setdefault(name[1], set()).add(Path(file).parent.name)
-for name, stacks in sorted(names.items()):
-    if stack in stacks:
-        continue
-    try:
-        print(f'{name}=={metadata.version(name)}', end=' ')
-    except metadata.PackageNotFoundError:
-        pass
-EOF
-)
+foreign=$("$PY" tools/misc/other_stack_distributions.py "$STACK" \
+    requirements/*/mmcv.txt requirements/*/openmmlab.txt)
 if [ -n "$foreign" ]; then
-    log "$VENV holds ${foreign% }, of another stack than $STACK, which" \
+    log "$VENV holds $foreign, of another stack than $STACK, which" \
         "install the same modules: install into another VENV, or remove" \
-        "them first: $PY -m pip uninstall -y ${foreign% }"
+        "them first: $PY -m pip uninstall -y $foreign"
     exit 1
 fi
 
@@ -124,8 +104,9 @@ EOF
 }
 
 build_mmcv() {
-    log "building $mmcv_name $mmcv_version with its compiled ops (6 to 15" \
-        "minutes on 2 cores; pip caches the wheel for later installs)"
+    log "building $mmcv_name $mmcv_version with its compiled ops (20 minutes" \
+        "or more on 2 cores, docs/en/get_started.md; pip caches the wheel for" \
+        "later installs)"
     MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} "${PIP[@]}" install \
         --no-build-isolation -c "$constraints" "$@" -r "$STACK_REQUIREMENTS/mmcv.txt"
 }

@@ -47,9 +47,10 @@ def normalise(text):
 
 def blocks(text):
     """(line, words) of each block of the text whose words read on: a
-    paragraph (over its line breaks), a table row, a heading, a line of
-    code. A figure's words are taken within its block, so that text moved
-    away from its neighbours keeps its figures."""
+    paragraph (over its line breaks), a table row, a heading, the lines of
+    code between a fence or a blank line and the next. A figure's words are
+    taken within its block, so that text moved away from its neighbours
+    keeps its figures."""
     found, words = [], []
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
