@@ -24,6 +24,7 @@ from mmcvt.deployment import onnx_export
 from mmcvt.deployment.inputs import channels_from_rgb, random_image
 from mmcvt.deployment.onnx_export import (exportable_copy, maps_of_one_pixel,
                                           raw_image_module)
+from .test_compat import WidthAsNumber
 from .tiny_models import save_checkpoint, write_tiny_config
 from .utils import REPO, load_tool, run_main
 
@@ -197,6 +198,20 @@ def test_an_example_size_that_makes_a_map_1_pixel_is_refused(tmp_path):
     assert maps_of_one_pixel(module, (2, 3, height - 1, width))
     assert maps_of_one_pixel(module, (2, 3, height, width - 1))
     assert not (tmp_path / 'upernet.onnx').exists()
+
+
+def test_a_size_the_exporter_fixes_without_an_error_is_refused(
+        tmp_path, monkeypatch):
+    # Dim.AUTO lets the exporter fix a size without a word, as a torch
+    # whose Dim.DYNAMIC no longer raised, or raised another text, would
+    monkeypatch.setattr(torch.export.Dim, 'DYNAMIC', torch.export.Dim.AUTO)
+    path = tmp_path / 'width.onnx'
+    with pytest.raises(
+            RuntimeError,
+            match='the exporter fixed the width of .*width.onnx to the '
+            'example\'s: a module of this model reads that size as a number'):
+        onnx_export.export_onnx(WidthAsNumber(), str(path), (2, 3, 32, 48))
+    assert not path.exists()
 
 
 def test_a_pooling_pyramids_constant_1x1_maps_are_no_reason_to_refuse(

@@ -39,6 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model import revert_sync_batchnorm
 
+from ..compat import is_dynamic_size_specialized
 from .deformable import replaced_mmcv_ops, with_sizes_as_numbers
 from .inputs import INPUT_NAME, RawImageInput, random_image
 
@@ -500,12 +501,14 @@ def export_onnx(module, path, example_shape=(2, 3, 128, 160), metadata=None):
                 }, ),
                 strict=False)
         except Exception as error:
-            if 'specialized it to be a constant' in str(error):
-                raise RuntimeError(
-                    f'the exporter fixed the {", ".join(axes.values())} of '
-                    f'{path} to the example\'s: a module of this model reads '
-                    f'them as numbers') from error
+            if is_dynamic_size_specialized(error):
+                raise sizes_fixed(path, list(axes.values())) from error
             raise
+        # whatever the exporter says or does not say (it fixes a size with
+        # Dim.AUTO, say): what the program computes with
+        fixed = fixed_input_sizes(program, axes)
+        if fixed:
+            raise sizes_fixed(path, fixed)
         onnx_program = torch.onnx.export(
             program, (example, ),
             dynamo=True,
@@ -518,6 +521,35 @@ def export_onnx(module, path, example_shape=(2, 3, 128, 160), metadata=None):
         onnx_program.model.metadata_props[key] = value
     onnx_program.save(path)
     return names
+
+
+def sizes_fixed(path, names):
+    """The error of an export to ``path`` that fixed the sizes ``names``
+    (of the input's) to the example's."""
+    which = 'that size' if len(names) == 1 else 'those sizes'
+    return RuntimeError(
+        f'the exporter fixed the {", ".join(names)} of {path} to the '
+        f'example\'s: a module of this model reads {which} as a number')
+
+
+def fixed_input_sizes(program, axes):
+    """The names of ``axes`` ({axis: name}) that the input of ``program``,
+    a ``torch.export.ExportedProgram``, has as numbers, not symbols: the
+    sizes the trace fixed to the example's.
+
+    The ONNX graph's input cannot tell: ``torch.onnx.export`` of a program
+    (torch 2.13) names the input's sizes after its ``dynamic_shapes``, also
+    those that the program fixed, whose numbers the graph then computes
+    with at every size.
+    """
+    from torch.fx.experimental.symbolic_shapes import is_concrete_int
+    name, = program.graph_signature.user_inputs
+    image = next(node for node in program.graph.nodes if node.name == name)
+    shape = image.meta['val'].shape  # a fixed size is a SymInt of a number
+    return [
+        axis_name for axis, axis_name in axes.items()
+        if is_concrete_int(shape[axis])
+    ]
 
 
 def _as_tuple(outputs):
