@@ -4,11 +4,14 @@ model is built or a result computed."""
 import json
 import os
 
+import mmcv
+import numpy as np
 import pytest
 import torch
 
 from mmcvt import config_paths
 from mmcvt.utils.output_paths import check_output_dir, check_output_file
+from .tiny_models import save_checkpoint, write_tiny_config
 from .utils import REPO, load_tool
 
 make_shapes = load_tool('misc/make_shapes_dataset.py')
@@ -201,6 +204,43 @@ def test_a_checkpoint_that_does_not_exist_is_a_usage_error(
     fill = dict(missing=missing, tmp=tmp_path)
     err = usage_error(tool.main, [a.format(**fill) for a in argv], capsys)
     assert f'{missing} does not exist: name a checkpoint file or URL' in err
+
+
+@pytest.fixture
+def integer_checkpoint(tmp_path):
+    """A tiny UperNet's config, and a checkpoint of it whose classifier's
+    weight holds integers."""
+    config = write_tiny_config('upernet', tmp_path)
+    path = save_checkpoint(config, tmp_path / 'integers.pth')
+    checkpoint = torch.load(path, weights_only=True)
+    state_dict = checkpoint['state_dict']
+    state_dict['decode_head.conv_seg.weight'] = \
+        state_dict['decode_head.conv_seg.weight'].long()
+    torch.save(checkpoint, path)
+    return config, path
+
+
+@pytest.mark.parametrize('tool, argv', [
+    (export_onnx, ['{config}', '{checkpoint}', '--out', '{tmp}/m.onnx']),
+    (infer, [
+        '{image}', '{config}', '--weights', '{checkpoint}', '--out-dir',
+        '{tmp}/out'
+    ]),
+])
+def test_a_checkpoint_of_integers_is_refused_naming_the_tensors(
+        tool, argv, integer_checkpoint, tmp_path):
+    config, checkpoint = integer_checkpoint
+    image = tmp_path / 'image.png'
+    mmcv.imwrite(np.zeros((32, 48, 3), np.uint8), str(image))
+    fill = dict(
+        config=config, checkpoint=checkpoint, image=image, tmp=tmp_path)
+    with pytest.raises(
+            TypeError,
+            match=f'checkpoint {checkpoint} holds integers where the model '
+            f'has floating point numbers, or the reverse: '
+            r'\[decode_head.conv_seg.weight: checkpoint torch.int64, model '
+            r'torch.float32\]'):
+        tool.main([a.format(**fill) for a in argv])
 
 
 # ---- tools/test.py and tools/train.py ---------------------------------------

@@ -43,12 +43,11 @@ import mmcv
 import mmengine
 import numpy as np
 from mmengine.config import Config, DictAction
-from mmengine.runner import load_checkpoint
 from rich.progress import MofNCompleteColumn, Progress
 
 import mmcvt  # noqa: F401  registers CvT
 from mmcvt.deployment import runtime
-from mmcvt.engine import explain_checkpoint_mismatch
+from mmcvt.engine import load_checkpoint_strictly
 from mmcvt.fileio import install_checkpoint_loaders
 from mmcvt.utils.input_paths import config_file
 from mmcvt.utils.output_paths import output_dir
@@ -177,15 +176,6 @@ def open_video(path):
     return reader
 
 
-def load_strictly(inferencer, weights):
-    """Loads the checkpoint again into the inferencer's model, strictly, as
-    tools/test.py does: mmengine's inferencers load what fits and warn about
-    the rest, and have no public way to load otherwise."""
-    with explain_checkpoint_mismatch(weights):
-        load_checkpoint(
-            inferencer.model, weights, map_location='cpu', strict=True)
-
-
 def build_inferencer(inferencer_class, cfg, weights, backend, device,
                      **kwargs):
     """The inferencer of ``cfg``'s model with the checkpoint ``weights``
@@ -194,7 +184,10 @@ def build_inferencer(inferencer_class, cfg, weights, backend, device,
     if backend == 'pytorch':
         inferencer = inferencer_class(
             model=cfg, weights=weights, device=device, **kwargs)
-        load_strictly(inferencer, weights)
+        # again, strictly, as tools/test.py loads: mmengine's inferencers
+        # load what fits and warn about the rest, and have no public way
+        # to load otherwise
+        load_checkpoint_strictly(inferencer.model, weights)
         return inferencer
     cfg = copy.deepcopy(cfg)
     cfg.model = runtime.onnxruntime_model_cfg(cfg, weights)

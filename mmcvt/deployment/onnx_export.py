@@ -186,10 +186,9 @@ def build_model(cfg, checkpoint=None):
     import logging
 
     from mmengine.logging import MMLogger
-    from mmengine.runner import load_checkpoint
 
     from mmcvt.analysis import build_random_model
-    from mmcvt.engine import explain_checkpoint_mismatch
+    from mmcvt.engine import load_checkpoint_strictly
     cfg.model.backbone.pop('compile', None)
     model = build_random_model(cfg)
     if checkpoint is None:
@@ -204,9 +203,7 @@ def build_model(cfg, checkpoint=None):
         finally:
             logger.setLevel(level)
         return model, None
-    with explain_checkpoint_mismatch(checkpoint):
-        loaded = load_checkpoint(
-            model, checkpoint, map_location='cpu', strict=True)
+    loaded = load_checkpoint_strictly(model, checkpoint)
     return model, loaded.get('meta', {}).get('dataset_meta')
 
 
