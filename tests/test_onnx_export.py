@@ -21,7 +21,8 @@ from mmengine.registry import MODELS, init_default_scope
 from mmengine.runner import load_checkpoint
 
 from mmcvt.deployment import onnx_export
-from mmcvt.deployment.inputs import channels_from_rgb, random_image
+from mmcvt.deployment.inputs import (channels_from_rgb, predicted_samples,
+                                     random_image)
 from mmcvt.deployment.onnx_export import (exportable_copy, maps_of_one_pixel,
                                           raw_image_module)
 from .test_compat import WidthAsNumber
@@ -269,6 +270,19 @@ def test_an_unreadable_verify_image_is_an_error_naming_it(tmp_path):
     (tmp_path / 'cut.png').write_bytes(b'\x89PNG\r\n\x1a\n')
     with pytest.raises(ValueError, match='cannot read the image .*cut.png'):
         export_tool.verify_images([], [tmp_path / 'cut.png'])
+
+
+def test_a_segmentors_prediction_on_a_raw_image_is_its_graphs_logits(
+        upernet_model):
+    """What benchmark_onnx.py times in PyTorch computes what the graph
+    does."""
+    from mmseg.structures import SegDataSample
+    image = random_image((1, 3, 67, 91))
+    sample, = predicted_samples(upernet_model, image, SegDataSample)
+    with torch.no_grad():
+        logits = raw_image_module(upernet_model, 'model')(image)
+    expected = sample.seg_logits.data
+    assert (logits[0] - expected).norm() / expected.norm() < FP32_BOUND
 
 
 @pytest.mark.parametrize('bgr_to_rgb', [True, False])

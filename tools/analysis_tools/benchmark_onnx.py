@@ -29,7 +29,6 @@ import argparse
 import collections
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -41,9 +40,10 @@ import mmcvt  # noqa: F401  registers CvT
 from mmcvt.analysis import config_from, image_size, positive_int
 from mmcvt.deployment import onnx_export
 from mmcvt.deployment.detection_check import predicted_instances
-from mmcvt.deployment.inputs import INPUT_NAME, random_image
+from mmcvt.deployment.inputs import INPUT_NAME, predicted_samples, random_image
 from mmcvt.deployment.runtime import graph_metadata
 from mmcvt.fileio import install_checkpoint_loaders
+from mmcvt.utils.machine import cpu_name
 
 
 def parse_args(argv=None):
@@ -86,27 +86,14 @@ def parse_args(argv=None):
     return args
 
 
-def predicted_segmentation(model, image):
-    """A segmentor's ``predict`` on ``image`` (1, 3, H, W) RGB 0..255,
-    through its data preprocessor."""
-    from mmseg.structures import SegDataSample
-    height, width = image.shape[2:]
-    meta = dict(img_shape=(height, width), ori_shape=(height, width))
-    with torch.no_grad():
-        data = model.data_preprocessor(
-            dict(
-                inputs=[image[0].flip(0).to(torch.uint8)],
-                data_samples=[SegDataSample(metainfo=meta)]))
-        return model.predict(data['inputs'], data['data_samples'])
-
-
 def eager_step(model, graph):
     """What PyTorch runs for an image, for the graph at ``graph``."""
     part = graph_metadata(graph).get('part', 'model')
     if part == 'model' and onnx_export.is_detector(model):
         return lambda image: predicted_instances(model, image)
     if part == 'model':
-        return lambda image: predicted_segmentation(model, image)
+        from mmseg.structures import SegDataSample
+        return lambda image: predicted_samples(model, image, SegDataSample)
     module = onnx_export.raw_image_module(model, part)
 
     def features(image):
@@ -193,18 +180,6 @@ def print_result(result):
         print('  onnxruntime\'s time by op: ' +
               ', '.join(f'{op} {share:.0%}'
                         for op, share in list(shares.items())[:8]))
-
-
-def cpu_name():
-    """The CPU's model name (Linux), else the machine's architecture."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def main(argv=None):
