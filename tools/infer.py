@@ -46,7 +46,7 @@ from mmengine.config import Config, DictAction
 from rich.progress import MofNCompleteColumn, Progress
 
 import mmcvt  # noqa: F401  registers CvT
-from mmcvt.deployment import runtime
+from mmcvt.deployment import onnx_export, runtime
 from mmcvt.engine import load_checkpoint_strictly
 from mmcvt.fileio import install_checkpoint_loaders
 from mmcvt.utils.input_paths import config_file
@@ -365,6 +365,8 @@ def run(task, files, out_dir):
 def main(argv=None):
     install_checkpoint_loaders()  # weights-only Runner checkpoints
     args = parse_args(argv)
+    if args.backend == 'onnxruntime':
+        onnx_export.check_onnx_extra()
     files = collect_inputs(args.inputs)
     for path in filter(is_video, files):  # before the model is built
         open_video(path)

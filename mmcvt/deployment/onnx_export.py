@@ -33,6 +33,7 @@ wide gives a graph that fails, or computes wrong, at other sizes:
 (:func:`smallest_example_size`).
 """
 import collections
+import importlib.util
 
 import torch
 import torch.nn as nn
@@ -43,11 +44,25 @@ from ..compat import is_dynamic_size_specialized
 from .deformable import replaced_mmcv_ops, with_sizes_as_numbers
 from .inputs import INPUT_NAME, RawImageInput, random_image
 
+# setup.py's onnx extra: the export, and onnxruntime that runs its graphs
+ONNX_EXTRA = ('onnx', 'onnxruntime', 'onnxscript')
 PARTS = ('model', 'neck', 'backbone')
 DYNAMIC_AXES = {0: 'batch', 2: 'height', 3: 'width'}
 # more than twice the coarsest stride of these models (128, RetinaNet's P7):
 # a map of 1 pixel at the example's size has 2 or more at this much larger
 SIZE_PROBE_GROWTH = 256
+
+
+def check_onnx_extra():
+    """Raises ImportError, saying how to install it, when a package of the
+    onnx extra is missing: for the tools to call before any work, where
+    the import deep in the export or the run would fail after it."""
+    for name in ONNX_EXTRA:
+        if importlib.util.find_spec(name) is None:
+            raise ImportError(f'{name} is missing: exporting and running '
+                              f'graphs needs the onnx extra, `pip install '
+                              f'-e ".[onnx]"` in the checkout (make install '
+                              f'does it)')
 
 
 def is_segmentor(model):

@@ -1,6 +1,6 @@
-"""What a tool reads, checked before it starts working: a config or a
-checkpoint that is not there is a usage error naming it, not mmengine's
-traceback once the tool has begun.
+"""What a tool reads, checked before it starts working: a config, a
+checkpoint or an exported graph that is not there is a usage error naming
+it, not mmengine's or onnxruntime's traceback once the tool has begun.
 
 Configs come as files, or, for the tools that read them with
 :func:`mmcvt.analysis.config_from`, as ``package::path`` names of an
@@ -58,6 +58,12 @@ def check_checkpoint(path, what='the checkpoint'):
         _check_file(path, what, 'a checkpoint file or URL')
 
 
+def check_graph(path, what='the graph'):
+    """Raises FileNotFoundError unless ``path`` is a file: an exported
+    graph, which onnxruntime reads from a file only."""
+    _check_file(path, what, 'an .onnx file of tools/deployment/export_onnx.py')
+
+
 config_file = argument_type(check_config_file, 'config_file',
                             'argparse type: a config file that exists.')
 config_name = argument_type(
@@ -66,3 +72,5 @@ config_name = argument_type(
     '``package::path`` (see check_config_name).')
 checkpoint_path = argument_type(check_checkpoint, 'checkpoint_path',
                                 'argparse type: a checkpoint file or URL.')
+graph_file = argument_type(check_graph, 'graph_file',
+                           'argparse type: an exported .onnx graph file.')

@@ -22,7 +22,6 @@ palette go into the graph's metadata, for tools/infer.py.
 Needs the onnx extra: ``pip install -e '.[onnx]'``.
 """
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -156,14 +155,6 @@ def describe(module_name, part):
     }[part]
 
 
-def check_onnx_extra():
-    for name in ('onnx', 'onnxruntime', 'onnxscript'):
-        if importlib.util.find_spec(name) is None:
-            raise ImportError(f'{name} is missing: the export needs the onnx '
-                              f'extra, `pip install -e ".[onnx]"` in the '
-                              f'checkout (make install does it)')
-
-
 def verify_images(shapes, paths):
     """Random images of ``shapes`` and the images at ``paths``, RGB
     (1, 3, H, W) float, with their names."""
@@ -212,7 +203,7 @@ def verify_tensors(path, module, images, tolerance):
 def main(argv=None):
     install_checkpoint_loaders()  # weights-only Runner checkpoints
     args = parse_args(argv)
-    check_onnx_extra()
+    onnx_export.check_onnx_extra()
     # before the minutes of the export, not after
     mmengine.mkdir_or_exist(os.path.dirname(os.path.abspath(args.out)))
     cfg = config_from(args.config)
