@@ -204,6 +204,7 @@ def test_a_config_of_a_package_not_installed_is_refused_not_installed(capsys):
     (export_onnx, [DEMO, '{missing}', '--out', '{tmp}/m.onnx']),
     (show_predictions, [DEMO, '{missing}', '--out', '{tmp}/p.png']),
     (resolution_sweep, [DEMO, '{missing}', '--out-dir', '{tmp}']),
+    (test_tool, [DEMO, '{missing}']),
     (benchmark_onnx, [DEMO, '{weights}', '{missing}']),
 ])
 def test_a_checkpoint_that_does_not_exist_is_a_usage_error(
