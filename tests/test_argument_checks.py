@@ -205,6 +205,8 @@ def test_a_config_of_a_package_not_installed_is_refused_not_installed(capsys):
     (show_predictions, [DEMO, '{missing}', '--out', '{tmp}/p.png']),
     (resolution_sweep, [DEMO, '{missing}', '--out-dir', '{tmp}']),
     (test_tool, [DEMO, '{missing}']),
+    (infer,
+     ['{weights}', DEMO, '--weights', '{missing}', '--out-dir', '{tmp}']),
     (benchmark_onnx, [DEMO, '{weights}', '{missing}']),
 ])
 def test_a_checkpoint_that_does_not_exist_is_a_usage_error(
@@ -219,6 +221,9 @@ def test_a_checkpoint_that_does_not_exist_is_a_usage_error(
 @pytest.mark.parametrize('tool, argv, missing, kind', [
     (benchmark_onnx, [DEMO, '{missing}'], 'no_such.onnx',
      'an .onnx file of tools/deployment/export_onnx.py'),
+    (infer, [
+        '{weights}', DEMO, '--weights', '{missing}', '--out-dir', '{tmp}'
+    ], 'no_such.onnx', 'an .onnx file of tools/deployment/export_onnx.py'),
 ])
 def test_a_graph_or_image_that_does_not_exist_is_a_usage_error(
         tool, argv, missing, kind, weights, tmp_path, capsys):

@@ -49,7 +49,7 @@ import mmcvt  # noqa: F401  registers CvT
 from mmcvt.deployment import onnx_export, runtime
 from mmcvt.engine import load_checkpoint_strictly
 from mmcvt.fileio import install_checkpoint_loaders
-from mmcvt.utils.input_paths import config_file
+from mmcvt.utils.input_paths import config_file, weights_path
 from mmcvt.utils.output_paths import output_dir
 
 # what OpenCV decodes, as MMDetection's inferencer lists them
@@ -74,6 +74,7 @@ def parse_args(argv=None):
     parser.add_argument(
         '--weights',
         required=True,
+        type=weights_path,
         help='checkpoint, loaded strictly: one that does not fit the '
         'config\'s model is an error naming the keys that differ; or an '
         '.onnx graph of the config\'s whole model')
@@ -370,8 +371,6 @@ def main(argv=None):
     files = collect_inputs(args.inputs)
     for path in filter(is_video, files):  # before the model is built
         open_video(path)
-    if not osp.isfile(args.weights) and '://' not in args.weights:
-        raise FileNotFoundError(f'--weights {args.weights} does not exist')
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)

@@ -64,6 +64,16 @@ def check_graph(path, what='the graph'):
     _check_file(path, what, 'an .onnx file of tools/deployment/export_onnx.py')
 
 
+def check_weights(path, what='the weights'):
+    """Raises FileNotFoundError unless ``path`` is a checkpoint (see
+    :func:`check_checkpoint`) or, when its name ends in ``.onnx``, a graph
+    file (see :func:`check_graph`)."""
+    if os.fspath(path).lower().endswith('.onnx'):
+        check_graph(path, what)
+    else:
+        check_checkpoint(path, what)
+
+
 config_file = argument_type(check_config_file, 'config_file',
                             'argparse type: a config file that exists.')
 config_name = argument_type(
@@ -74,3 +84,6 @@ checkpoint_path = argument_type(check_checkpoint, 'checkpoint_path',
                                 'argparse type: a checkpoint file or URL.')
 graph_file = argument_type(check_graph, 'graph_file',
                            'argparse type: an exported .onnx graph file.')
+weights_path = argument_type(
+    check_weights, 'weights_path',
+    'argparse type: a checkpoint file or URL, or an .onnx graph file.')
