@@ -224,6 +224,10 @@ def test_a_checkpoint_that_does_not_exist_is_a_usage_error(
     (infer, [
         '{weights}', DEMO, '--weights', '{missing}', '--out-dir', '{tmp}'
     ], 'no_such.onnx', 'an .onnx file of tools/deployment/export_onnx.py'),
+    (export_onnx, [
+        DEMO, '--out', '{tmp}/m.onnx', '--verify-images', '{weights}',
+        '{missing}'
+    ], 'no_such.png', 'an image file'),
 ])
 def test_a_graph_or_image_that_does_not_exist_is_a_usage_error(
         tool, argv, missing, kind, weights, tmp_path, capsys):

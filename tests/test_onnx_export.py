@@ -272,6 +272,31 @@ def test_an_unreadable_verify_image_is_an_error_naming_it(tmp_path):
         export_tool.verify_images([], [tmp_path / 'cut.png'])
 
 
+def test_an_unreadable_verify_image_is_an_error_before_the_export(tmp_path):
+    config = write_tiny_config('upernet', tmp_path)
+    (tmp_path / 'cut.png').write_bytes(b'\x89PNG\r\n\x1a\n')
+    status, printed = run_tool(config, '--out', tmp_path / 'upernet.onnx',
+                               '--shape', *EXPORT_SIZE, '--verify-images',
+                               tmp_path / 'cut.png')
+    assert status == 1
+    assert 'cannot read the image' in printed
+    assert not (tmp_path / 'upernet.onnx').exists()
+
+
+@pytest.mark.parametrize('option', ['--verify-shapes', '--verify-images'])
+def test_naming_what_to_verify_on_asks_for_the_verification(option, tmp_path):
+    value = {
+        '--verify-shapes': '1x3x64x96',
+        '--verify-images': str(tmp_path / 'a.png')
+    }[option]
+    (tmp_path / 'a.png').write_bytes(b'')
+    args = export_tool.parse_args([
+        str(REPO / 'configs/demo/upernet_cvt13_shapes.py'), '--out',
+        str(tmp_path / 'm.onnx'), option, value
+    ])
+    assert args.verify
+
+
 def test_a_segmentors_prediction_on_a_raw_image_is_its_graphs_logits(
         upernet_model):
     """What benchmark_onnx.py times in PyTorch computes what the graph

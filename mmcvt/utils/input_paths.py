@@ -1,6 +1,7 @@
 """What a tool reads, checked before it starts working: a config, a
-checkpoint or an exported graph that is not there is a usage error naming
-it, not mmengine's or onnxruntime's traceback once the tool has begun.
+checkpoint, an exported graph or an image that is not there is a usage
+error naming it, not mmengine's, onnxruntime's or OpenCV's traceback once
+the tool has begun.
 
 Configs come as files, or, for the tools that read them with
 :func:`mmcvt.analysis.config_from`, as ``package::path`` names of an
@@ -74,6 +75,11 @@ def check_weights(path, what='the weights'):
         check_checkpoint(path, what)
 
 
+def check_image_file(path, what='the image'):
+    """Raises FileNotFoundError unless ``path`` is a file."""
+    _check_file(path, what, 'an image file')
+
+
 config_file = argument_type(check_config_file, 'config_file',
                             'argparse type: a config file that exists.')
 config_name = argument_type(
@@ -87,3 +93,5 @@ graph_file = argument_type(check_graph, 'graph_file',
 weights_path = argument_type(
     check_weights, 'weights_path',
     'argparse type: a checkpoint file or URL, or an .onnx graph file.')
+image_file = argument_type(check_image_file, 'image_file',
+                           'argparse type: an image file that exists.')
