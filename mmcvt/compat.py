@@ -30,6 +30,23 @@ def is_strict_load_mismatch(error):
             and str(error).startswith(_STRICT_LOAD_MISMATCH))
 
 
+# how torch's exporter says that traced code fixed a size marked dynamic
+_DYNAMIC_SIZE_SPECIALIZED = 'specialized it to be a constant'
+
+
+def is_dynamic_size_specialized(error):
+    """Whether ``error``, raised by ``torch.export.export`` with
+    ``dynamic_shapes``, says that the traced code fixed a size marked
+    ``Dim.DYNAMIC`` to the example's (it read the size as a number).
+
+    Assumes: torch's exporter (torch 2.13) raises an error whose text says
+    that the code "specialized it to be a constant". torch raises it as a
+    ``torch._dynamo.exc.UserError``, a private class, whose ``error_type``
+    it shares with other constraint violations.
+    """
+    return _DYNAMIC_SIZE_SPECIALIZED in str(error)
+
+
 def history_buffer_pickled_state():
     """What a pickled ``mmengine.logging.HistoryBuffer`` holds: its state's
     keys, with the type of each value. The weights-only reading of old

@@ -1,14 +1,18 @@
 """The tools check their arguments, and the data, before they work: each
 bad one is an error that says what is wrong, or a non-zero exit, before a
 model is built or a result computed."""
+import importlib.util
 import json
 import os
 
+import mmcv
+import numpy as np
 import pytest
 import torch
 
 from mmcvt import config_paths
 from mmcvt.utils.output_paths import check_output_dir, check_output_file
+from .tiny_models import save_checkpoint, write_tiny_config
 from .utils import REPO, load_tool
 
 make_shapes = load_tool('misc/make_shapes_dataset.py')
@@ -19,6 +23,7 @@ show_predictions = load_tool('misc/show_predictions.py')
 benchmark_backbone = load_tool('analysis_tools/benchmark_backbone.py')
 benchmark_train_step = load_tool('analysis_tools/benchmark_train_step.py')
 get_flops = load_tool('analysis_tools/get_flops.py')
+benchmark_onnx = load_tool('analysis_tools/benchmark_onnx.py')
 gather_results = load_tool('analysis_tools/gather_results.py')
 resolution_sweep = load_tool('analysis_tools/resolution_sweep.py')
 export_onnx = load_tool('deployment/export_onnx.py')
@@ -125,6 +130,10 @@ WRITERS = {
                           ['{file}', '--out-dir', '{out}']),
     'benchmark_backbone.py': (benchmark_backbone, 'folder',
                               ['--out-dir', '{out}']),
+    'benchmark_onnx.py --profile': (benchmark_onnx, 'folder',
+                                    [DEMO, '{file}', '--profile', '{out}']),
+    'benchmark_onnx.py --json': (benchmark_onnx, 'file',
+                                 [DEMO, '{file}', '--json', '{out}']),
     'cvt2mmcvt.py': (cvt2mmcvt, 'file', ['{weights}', '{out}']),
 }
 # for a tool that writes into a folder, and one that writes a file: bad
@@ -170,6 +179,7 @@ def test_each_tool_refuses_an_output_it_cannot_write_before_any_work(
     (resolution_sweep, ['{missing}', '{weights}', '--out-dir', '{tmp}']),
     (get_flops, ['{missing}']),
     (benchmark_train_step, ['{missing}']),
+    (benchmark_onnx, ['{missing}', '{weights}']),
 ])
 def test_a_config_that_does_not_exist_is_a_usage_error(tool, argv, weights,
                                                        tmp_path, capsys):
@@ -194,13 +204,99 @@ def test_a_config_of_a_package_not_installed_is_refused_not_installed(capsys):
     (export_onnx, [DEMO, '{missing}', '--out', '{tmp}/m.onnx']),
     (show_predictions, [DEMO, '{missing}', '--out', '{tmp}/p.png']),
     (resolution_sweep, [DEMO, '{missing}', '--out-dir', '{tmp}']),
+    (test_tool, [DEMO, '{missing}']),
+    (infer,
+     ['{weights}', DEMO, '--weights', '{missing}', '--out-dir', '{tmp}']),
+    (benchmark_onnx, [DEMO, '{weights}', '{missing}']),
 ])
 def test_a_checkpoint_that_does_not_exist_is_a_usage_error(
-        tool, argv, tmp_path, capsys):
+        tool, argv, weights, tmp_path, capsys):
     missing = tmp_path / 'no_such.pth'
-    fill = dict(missing=missing, tmp=tmp_path)
+    fill = dict(missing=missing, tmp=tmp_path, weights=weights)
     err = usage_error(tool.main, [a.format(**fill) for a in argv], capsys)
     assert f'{missing} does not exist: name a checkpoint file or URL' in err
+
+
+# {missing} is a file that is not there, of the kind each tool reads
+@pytest.mark.parametrize('tool, argv, missing, kind', [
+    (benchmark_onnx, [DEMO, '{missing}'], 'no_such.onnx',
+     'an .onnx file of tools/deployment/export_onnx.py'),
+    (infer, [
+        '{weights}', DEMO, '--weights', '{missing}', '--out-dir', '{tmp}'
+    ], 'no_such.onnx', 'an .onnx file of tools/deployment/export_onnx.py'),
+    (export_onnx, [
+        DEMO, '--out', '{tmp}/m.onnx', '--verify-images', '{weights}',
+        '{missing}'
+    ], 'no_such.png', 'an image file'),
+])
+def test_a_graph_or_image_that_does_not_exist_is_a_usage_error(
+        tool, argv, missing, kind, weights, tmp_path, capsys):
+    missing = tmp_path / missing
+    fill = dict(missing=missing, tmp=tmp_path, weights=weights)
+    err = usage_error(tool.main, [a.format(**fill) for a in argv], capsys)
+    assert f'{missing} does not exist: name {kind}' in err
+
+
+@pytest.fixture
+def without_onnxscript(monkeypatch):
+    """As if the onnx extra were installed but for onnxscript."""
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, 'find_spec', lambda name, *args: None
+        if name == 'onnxscript' else find_spec(name, *args))
+
+
+@pytest.mark.parametrize('tool, argv', [
+    (benchmark_onnx, [DEMO, '{graph}']),
+    (infer, ['{weights}', DEMO, '--weights', '{graph}', '--out-dir', '{tmp}']),
+])
+def test_a_tool_that_runs_a_graph_without_the_onnx_extra_says_so_first(
+        tool, argv, weights, tmp_path, without_onnxscript):
+    graph = tmp_path / 'model.onnx'  # not read: the check comes first
+    graph.write_bytes(b'')
+    fill = dict(graph=graph, tmp=tmp_path, weights=weights)
+    with pytest.raises(
+            ImportError,
+            match='onnxscript is missing: .* needs the onnx extra, '
+            r'`pip install -e "\.\[onnx\]"`'):
+        tool.main([a.format(**fill) for a in argv])
+
+
+@pytest.fixture
+def integer_checkpoint(tmp_path):
+    """A tiny UperNet's config, and a checkpoint of it whose classifier's
+    weight holds integers."""
+    config = write_tiny_config('upernet', tmp_path)
+    path = save_checkpoint(config, tmp_path / 'integers.pth')
+    checkpoint = torch.load(path, weights_only=True)
+    state_dict = checkpoint['state_dict']
+    state_dict['decode_head.conv_seg.weight'] = \
+        state_dict['decode_head.conv_seg.weight'].long()
+    torch.save(checkpoint, path)
+    return config, path
+
+
+@pytest.mark.parametrize('tool, argv', [
+    (export_onnx, ['{config}', '{checkpoint}', '--out', '{tmp}/m.onnx']),
+    (infer, [
+        '{image}', '{config}', '--weights', '{checkpoint}', '--out-dir',
+        '{tmp}/out'
+    ]),
+])
+def test_a_checkpoint_of_integers_is_refused_naming_the_tensors(
+        tool, argv, integer_checkpoint, tmp_path):
+    config, checkpoint = integer_checkpoint
+    image = tmp_path / 'image.png'
+    mmcv.imwrite(np.zeros((32, 48, 3), np.uint8), str(image))
+    fill = dict(
+        config=config, checkpoint=checkpoint, image=image, tmp=tmp_path)
+    with pytest.raises(
+            TypeError,
+            match=f'checkpoint {checkpoint} holds integers where the model '
+            f'has floating point numbers, or the reverse: '
+            r'\[decode_head.conv_seg.weight: checkpoint torch.int64, model '
+            r'torch.float32\]'):
+        tool.main([a.format(**fill) for a in argv])
 
 
 # ---- tools/test.py and tools/train.py ---------------------------------------

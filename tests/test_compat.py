@@ -249,6 +249,31 @@ def test_a_read_error_is_no_strict_load_mismatch():
         RuntimeError('PytorchStreamReader failed reading zip archive'))
 
 
+class WidthAsNumber(torch.nn.Module):
+    """Reads the image's width as a number: the exporter fixes it."""
+
+    def forward(self, image):
+        return image * int(image.shape[3])
+
+
+def test_a_dynamic_size_read_as_a_number_is_told_by_the_exporters_message():
+    try:
+        torch.export.export(
+            WidthAsNumber(), (torch.zeros(1, 3, 4, 6), ),
+            dynamic_shapes=({
+                3: torch.export.Dim.DYNAMIC
+            }, ),
+            strict=False)
+    except Exception as error:  # whatever torch raises
+        raised = error
+    else:
+        raised = None
+    assert raised is not None and compat.is_dynamic_size_specialized(
+        raised), broken(
+            'torch', f'torch.export.export of a module that reads a dynamic '
+            f'width as a number raised {raised!r}')
+
+
 def test_a_history_buffer_pickles_the_state_compat_names():
     state = HistoryBuffer([1., 2.], [1, 1]).__reduce_ex__(2)[2]
     expected = compat.history_buffer_pickled_state()

@@ -144,6 +144,25 @@ def test_a_detector_the_export_does_not_cover_exports_its_neck_naming_why():
     assert default_part(model) == 'neck'
 
 
+@pytest.mark.parametrize('kind, extractor', [
+    ('maskrcnn', 'bbox_roi_extractor'),
+    ('maskrcnn', 'mask_roi_extractor'),
+    ('cascade', 'bbox_roi_extractor[1]'),
+])
+def test_a_roi_extractor_the_export_does_not_cover_is_named_as_in_the_model(
+        kind, extractor, tiny, monkeypatch):
+    _, model = tiny(kind)
+    name, _, index = extractor.partition('[')
+    module = getattr(model.roi_head, name)
+    if index:
+        module = module[int(index.rstrip(']'))]
+    # ONNX's RoiAlign pools with max otherwise than mmcv's
+    monkeypatch.setattr(module.roi_layers[0], 'pool_mode', 'max')
+    assert whole_model_problem(model).startswith(
+        f'a whole {type(model).__name__} is not exported: '
+        f'roi_head.{extractor} pools with RoIAlign(')
+
+
 def test_a_roi_heads_batch_norm_is_the_same_affine_map_in_the_export(tiny):
     """The cascade's 4conv1fc heads normalise with (reverted Sync)
     BatchNorms, which torch's exporter cannot trace on a number of RoIs that

@@ -11,7 +11,9 @@ import mmcv
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
+from mmengine.config import Config
 
+from mmcvt.deployment import runtime
 from .tiny_models import DEMO_CONFIGS, save_checkpoint, write_tiny_config
 from .utils import load_tool
 
@@ -226,6 +228,15 @@ def test_score_thr_with_a_segmentor_is_an_error(models, tmp_path):
 
 
 # ---- the onnxruntime backend ---------------------------------------------
+
+
+def test_a_segmentors_threshold_of_0_is_the_graphs_threshold():
+    cfg = Config(
+        dict(
+            default_scope='mmseg',
+            model=dict(decode_head=dict(out_channels=1, threshold=0.0))))
+    model = runtime.onnxruntime_model_cfg(cfg, 'model.onnx')
+    assert model['threshold'] == 0.0
 
 
 def export(config, checkpoint, path, *options):

@@ -21,9 +21,11 @@ from mmengine.registry import MODELS, init_default_scope
 from mmengine.runner import load_checkpoint
 
 from mmcvt.deployment import onnx_export
-from mmcvt.deployment.inputs import channels_from_rgb, random_image
+from mmcvt.deployment.inputs import (channels_from_rgb, predicted_samples,
+                                     random_image)
 from mmcvt.deployment.onnx_export import (exportable_copy, maps_of_one_pixel,
                                           raw_image_module)
+from .test_compat import WidthAsNumber
 from .tiny_models import save_checkpoint, write_tiny_config
 from .utils import REPO, load_tool, run_main
 
@@ -199,6 +201,20 @@ def test_an_example_size_that_makes_a_map_1_pixel_is_refused(tmp_path):
     assert not (tmp_path / 'upernet.onnx').exists()
 
 
+def test_a_size_the_exporter_fixes_without_an_error_is_refused(
+        tmp_path, monkeypatch):
+    # Dim.AUTO lets the exporter fix a size without a word, as a torch
+    # whose Dim.DYNAMIC no longer raised, or raised another text, would
+    monkeypatch.setattr(torch.export.Dim, 'DYNAMIC', torch.export.Dim.AUTO)
+    path = tmp_path / 'width.onnx'
+    with pytest.raises(
+            RuntimeError,
+            match='the exporter fixed the width of .*width.onnx to the '
+            'example\'s: a module of this model reads that size as a number'):
+        onnx_export.export_onnx(WidthAsNumber(), str(path), (2, 3, 32, 48))
+    assert not path.exists()
+
+
 def test_a_pooling_pyramids_constant_1x1_maps_are_no_reason_to_refuse(
         tmp_path):
     """UperNet's PPM pools to 1x1 whatever the size: not a size of the
@@ -254,6 +270,44 @@ def test_an_unreadable_verify_image_is_an_error_naming_it(tmp_path):
     (tmp_path / 'cut.png').write_bytes(b'\x89PNG\r\n\x1a\n')
     with pytest.raises(ValueError, match='cannot read the image .*cut.png'):
         export_tool.verify_images([], [tmp_path / 'cut.png'])
+
+
+def test_an_unreadable_verify_image_is_an_error_before_the_export(tmp_path):
+    config = write_tiny_config('upernet', tmp_path)
+    (tmp_path / 'cut.png').write_bytes(b'\x89PNG\r\n\x1a\n')
+    status, printed = run_tool(config, '--out', tmp_path / 'upernet.onnx',
+                               '--shape', *EXPORT_SIZE, '--verify-images',
+                               tmp_path / 'cut.png')
+    assert status == 1
+    assert 'cannot read the image' in printed
+    assert not (tmp_path / 'upernet.onnx').exists()
+
+
+@pytest.mark.parametrize('option', ['--verify-shapes', '--verify-images'])
+def test_naming_what_to_verify_on_asks_for_the_verification(option, tmp_path):
+    value = {
+        '--verify-shapes': '1x3x64x96',
+        '--verify-images': str(tmp_path / 'a.png')
+    }[option]
+    (tmp_path / 'a.png').write_bytes(b'')
+    args = export_tool.parse_args([
+        str(REPO / 'configs/demo/upernet_cvt13_shapes.py'), '--out',
+        str(tmp_path / 'm.onnx'), option, value
+    ])
+    assert args.verify
+
+
+def test_a_segmentors_prediction_on_a_raw_image_is_its_graphs_logits(
+        upernet_model):
+    """What benchmark_onnx.py times in PyTorch computes what the graph
+    does."""
+    from mmseg.structures import SegDataSample
+    image = random_image((1, 3, 67, 91))
+    sample, = predicted_samples(upernet_model, image, SegDataSample)
+    with torch.no_grad():
+        logits = raw_image_module(upernet_model, 'model')(image)
+    expected = sample.seg_logits.data
+    assert (logits[0] - expected).norm() / expected.norm() < FP32_BOUND
 
 
 @pytest.mark.parametrize('bgr_to_rgb', [True, False])

@@ -43,14 +43,13 @@ import mmcv
 import mmengine
 import numpy as np
 from mmengine.config import Config, DictAction
-from mmengine.runner import load_checkpoint
 from rich.progress import MofNCompleteColumn, Progress
 
 import mmcvt  # noqa: F401  registers CvT
-from mmcvt.deployment import runtime
-from mmcvt.engine import explain_checkpoint_mismatch
+from mmcvt.deployment import onnx_export, runtime
+from mmcvt.engine import load_checkpoint_strictly
 from mmcvt.fileio import install_checkpoint_loaders
-from mmcvt.utils.input_paths import config_file
+from mmcvt.utils.input_paths import config_file, weights_path
 from mmcvt.utils.output_paths import output_dir
 
 # what OpenCV decodes, as MMDetection's inferencer lists them
@@ -75,6 +74,7 @@ def parse_args(argv=None):
     parser.add_argument(
         '--weights',
         required=True,
+        type=weights_path,
         help='checkpoint, loaded strictly: one that does not fit the '
         'config\'s model is an error naming the keys that differ; or an '
         '.onnx graph of the config\'s whole model')
@@ -177,15 +177,6 @@ def open_video(path):
     return reader
 
 
-def load_strictly(inferencer, weights):
-    """Loads the checkpoint again into the inferencer's model, strictly, as
-    tools/test.py does: mmengine's inferencers load what fits and warn about
-    the rest, and have no public way to load otherwise."""
-    with explain_checkpoint_mismatch(weights):
-        load_checkpoint(
-            inferencer.model, weights, map_location='cpu', strict=True)
-
-
 def build_inferencer(inferencer_class, cfg, weights, backend, device,
                      **kwargs):
     """The inferencer of ``cfg``'s model with the checkpoint ``weights``
@@ -194,7 +185,10 @@ def build_inferencer(inferencer_class, cfg, weights, backend, device,
     if backend == 'pytorch':
         inferencer = inferencer_class(
             model=cfg, weights=weights, device=device, **kwargs)
-        load_strictly(inferencer, weights)
+        # again, strictly, as tools/test.py loads: mmengine's inferencers
+        # load what fits and warn about the rest, and have no public way
+        # to load otherwise
+        load_checkpoint_strictly(inferencer.model, weights)
         return inferencer
     cfg = copy.deepcopy(cfg)
     cfg.model = runtime.onnxruntime_model_cfg(cfg, weights)
@@ -372,11 +366,11 @@ def run(task, files, out_dir):
 def main(argv=None):
     install_checkpoint_loaders()  # weights-only Runner checkpoints
     args = parse_args(argv)
+    if args.backend == 'onnxruntime':
+        onnx_export.check_onnx_extra()
     files = collect_inputs(args.inputs)
     for path in filter(is_video, files):  # before the model is built
         open_video(path)
-    if not osp.isfile(args.weights) and '://' not in args.weights:
-        raise FileNotFoundError(f'--weights {args.weights} does not exist')
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)

@@ -10,7 +10,7 @@ import argparse
 import mmcvt  # noqa: F401  registers CvT and the hooks
 from mmcvt.engine import (add_runner_arguments, build_runner, check_data_paths,
                           cpu_distributed, load_config)
-from mmcvt.utils.input_paths import config_file
+from mmcvt.utils.input_paths import checkpoint_path, config_file
 from mmcvt.utils.output_paths import output_dir, output_file
 
 
@@ -20,8 +20,9 @@ def parse_args(argv=None):
         'config', type=config_file, help='test config file path')
     parser.add_argument(
         'checkpoint',
-        help='checkpoint file, loaded strictly: one that does not fit the '
-        "config's model is an error naming the keys that differ")
+        type=checkpoint_path,
+        help='checkpoint file or URL, loaded strictly: one that does not fit '
+        "the config's model is an error naming the keys that differ")
     parser.add_argument(
         '--out',
         type=output_file,

@@ -19,8 +19,9 @@ moves the IoU by percents. Its corners must be within
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from scipy.optimize import linear_sum_assignment
+
+from .inputs import predicted_samples
 
 BOX_IOU = 0.99
 SCORE_DIFFERENCE = 1e-3
@@ -36,16 +37,8 @@ def predicted_instances(model, image):
     data preprocessor, at the image's own size (scale factor 1): the
     ``pred_instances`` an exported graph of ``model`` must give."""
     from mmdet.structures import DetDataSample
-    height, width = image.shape[2:]
-    meta = dict(
-        img_shape=(height, width),
-        ori_shape=(height, width),
-        scale_factor=(1.0, 1.0))
-    bgr = image[0].flip(0).to(torch.uint8)  # as an image is loaded
-    with torch.no_grad():
-        data = model.data_preprocessor(
-            dict(inputs=[bgr], data_samples=[DetDataSample(metainfo=meta)]))
-        sample, = model.predict(data['inputs'], data['data_samples'])
+    sample, = predicted_samples(
+        model, image, DetDataSample, scale_factor=(1.0, 1.0))
     return sample.pred_instances
 
 

@@ -709,14 +709,17 @@ def two_stage_problem(detector):
     def each(modules):
         return list(modules) if cascade else [modules]
 
+    def name(attribute, i):
+        """The module's name in the detector, as a message gives it."""
+        where = f'roi_head.{attribute}'
+        return f'{where}[{i}]' if stages > 1 else where
+
     problems = [box_coder_problem(detector.rpn_head, 'rpn_head')]
     for i, (extractor, head) in enumerate(
             zip(each(roi_head.bbox_roi_extractor), each(roi_head.bbox_head))):
-        where = f'roi_head.bbox_head[{i}]' if stages > 1 else \
-            'roi_head.bbox_head'
+        where = name('bbox_head', i)
         problems.append(
-            roi_extractor_problem(extractor,
-                                  where.replace('head', 'roi_extractor')))
+            roi_extractor_problem(extractor, name('bbox_roi_extractor', i)))
         problems.append(box_coder_problem(head, where))
         if type(head) not in bbox_heads or head.custom_cls_channels or \
                 head.custom_activation:
@@ -727,11 +730,10 @@ def two_stage_problem(detector):
                 zip(
                     each(roi_head.mask_roi_extractor),
                     each(roi_head.mask_head))):
-            where = f'roi_head.mask_head[{i}]' if stages > 1 else \
-                'roi_head.mask_head'
+            where = name('mask_head', i)
             problems.append(
-                roi_extractor_problem(extractor,
-                                      where.replace('head', 'roi_extractor')))
+                roi_extractor_problem(extractor, name('mask_roi_extractor',
+                                                      i)))
             if type(head) is not FCNMaskHead:
                 problems.append(f'{where} ({type(head).__name__}) does not '
                                 f'paste masks as FCNMaskHead')

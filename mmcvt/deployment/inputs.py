@@ -1,6 +1,7 @@
 """The input of every exported graph: ``image``, (batch, 3, height, width)
-float32, RGB, 0 to 255, an image as it is decoded; and the model's data
-preprocessor as graph ops on it."""
+float32, RGB, 0 to 255, an image as it is decoded; the model's data
+preprocessor as graph ops on it; and the model's own prediction on such an
+image, the PyTorch reference of a whole model's graph."""
 import torch
 import torch.nn as nn
 from mmengine.structures import BaseDataElement
@@ -60,3 +61,26 @@ def random_image(shape, seed=0):
     """A float32 image of 0..255 integers, of ``shape`` (B, 3, H, W)."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, shape, generator=generator).float()
+
+
+def predicted_samples(model, image, sample_class, **meta):
+    """``model.predict`` on ``image`` (1, 3, H, W), RGB 0..255, at the
+    image's own size, as the model's library runs it on a loaded image:
+    uint8 BGR through its data preprocessor.
+
+    Args:
+        sample_class (type): The data sample of the model's library
+            (``DetDataSample``, ``SegDataSample``).
+        **meta: Meta beside ``img_shape`` and ``ori_shape``, the image's
+            size (a detector's ``scale_factor``, say).
+
+    Returns:
+        list: What ``model.predict`` returns, one sample.
+    """
+    height, width = image.shape[2:]
+    meta = dict(img_shape=(height, width), ori_shape=(height, width), **meta)
+    bgr = image[0].flip(0).to(torch.uint8)  # as an image is loaded
+    with torch.no_grad():
+        data = model.data_preprocessor(
+            dict(inputs=[bgr], data_samples=[sample_class(metainfo=meta)]))
+        return model.predict(data['inputs'], data['data_samples'])

@@ -33,20 +33,36 @@ wide gives a graph that fails, or computes wrong, at other sizes:
 (:func:`smallest_example_size`).
 """
 import collections
+import importlib.util
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model import revert_sync_batchnorm
 
+from ..compat import is_dynamic_size_specialized
 from .deformable import replaced_mmcv_ops, with_sizes_as_numbers
 from .inputs import INPUT_NAME, RawImageInput, random_image
 
+# setup.py's onnx extra: the export, and onnxruntime that runs its graphs
+ONNX_EXTRA = ('onnx', 'onnxruntime', 'onnxscript')
 PARTS = ('model', 'neck', 'backbone')
 DYNAMIC_AXES = {0: 'batch', 2: 'height', 3: 'width'}
 # more than twice the coarsest stride of these models (128, RetinaNet's P7):
 # a map of 1 pixel at the example's size has 2 or more at this much larger
 SIZE_PROBE_GROWTH = 256
+
+
+def check_onnx_extra():
+    """Raises ImportError, saying how to install it, when a package of the
+    onnx extra is missing: for the tools to call before any work, where
+    the import deep in the export or the run would fail after it."""
+    for name in ONNX_EXTRA:
+        if importlib.util.find_spec(name) is None:
+            raise ImportError(f'{name} is missing: exporting and running '
+                              f'graphs needs the onnx extra, `pip install '
+                              f'-e ".[onnx]"` in the checkout (make install '
+                              f'does it)')
 
 
 def is_segmentor(model):
@@ -185,10 +201,9 @@ def build_model(cfg, checkpoint=None):
     import logging
 
     from mmengine.logging import MMLogger
-    from mmengine.runner import load_checkpoint
 
     from mmcvt.analysis import build_random_model
-    from mmcvt.engine import explain_checkpoint_mismatch
+    from mmcvt.engine import load_checkpoint_strictly
     cfg.model.backbone.pop('compile', None)
     model = build_random_model(cfg)
     if checkpoint is None:
@@ -203,9 +218,7 @@ def build_model(cfg, checkpoint=None):
         finally:
             logger.setLevel(level)
         return model, None
-    with explain_checkpoint_mismatch(checkpoint):
-        loaded = load_checkpoint(
-            model, checkpoint, map_location='cpu', strict=True)
+    loaded = load_checkpoint_strictly(model, checkpoint)
     return model, loaded.get('meta', {}).get('dataset_meta')
 
 
@@ -500,12 +513,14 @@ def export_onnx(module, path, example_shape=(2, 3, 128, 160), metadata=None):
                 }, ),
                 strict=False)
         except Exception as error:
-            if 'specialized it to be a constant' in str(error):
-                raise RuntimeError(
-                    f'the exporter fixed the {", ".join(axes.values())} of '
-                    f'{path} to the example\'s: a module of this model reads '
-                    f'them as numbers') from error
+            if is_dynamic_size_specialized(error):
+                raise sizes_fixed(path, list(axes.values())) from error
             raise
+        # whatever the exporter says or does not say (it fixes a size with
+        # Dim.AUTO, say): what the program computes with
+        fixed = fixed_input_sizes(program, axes)
+        if fixed:
+            raise sizes_fixed(path, fixed)
         onnx_program = torch.onnx.export(
             program, (example, ),
             dynamo=True,
@@ -518,6 +533,35 @@ def export_onnx(module, path, example_shape=(2, 3, 128, 160), metadata=None):
         onnx_program.model.metadata_props[key] = value
     onnx_program.save(path)
     return names
+
+
+def sizes_fixed(path, names):
+    """The error of an export to ``path`` that fixed the sizes ``names``
+    (of the input's) to the example's."""
+    which = 'that size' if len(names) == 1 else 'those sizes'
+    return RuntimeError(
+        f'the exporter fixed the {", ".join(names)} of {path} to the '
+        f'example\'s: a module of this model reads {which} as a number')
+
+
+def fixed_input_sizes(program, axes):
+    """The names of ``axes`` ({axis: name}) that the input of ``program``,
+    a ``torch.export.ExportedProgram``, has as numbers, not symbols: the
+    sizes the trace fixed to the example's.
+
+    The ONNX graph's input cannot tell: ``torch.onnx.export`` of a program
+    (torch 2.13) names the input's sizes after its ``dynamic_shapes``, also
+    those that the program fixed, whose numbers the graph then computes
+    with at every size.
+    """
+    from torch.fx.experimental.symbolic_shapes import is_concrete_int
+    name, = program.graph_signature.user_inputs
+    image = next(node for node in program.graph.nodes if node.name == name)
+    shape = image.meta['val'].shape  # a fixed size is a SymInt of a number
+    return [
+        axis_name for axis, axis_name in axes.items()
+        if is_concrete_int(shape[axis])
+    ]
 
 
 def _as_tuple(outputs):

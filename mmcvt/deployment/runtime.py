@@ -136,11 +136,14 @@ def onnxruntime_model_cfg(cfg, path):
         head = cfg.model.decode_head
         if isinstance(head, (list, tuple)):
             head = head[-1]
+        # MMSegmentation's decode heads take 0.3 when none is given; a
+        # threshold of 0 is one
+        threshold = head.get('threshold')
         return dict(
             type=OnnxRuntimeSegmentor,
             path=path,
             align_corners=head.get('align_corners', False),
-            threshold=head.get('threshold') or 0.3)
+            threshold=0.3 if threshold is None else threshold)
     return dict(type=OnnxRuntimeDetector, path=path)
 
 

@@ -1,6 +1,7 @@
-"""What a tool reads, checked before it starts working: a config or a
-checkpoint that is not there is a usage error naming it, not mmengine's
-traceback once the tool has begun.
+"""What a tool reads, checked before it starts working: a config, a
+checkpoint, an exported graph or an image that is not there is a usage
+error naming it, not mmengine's, onnxruntime's or OpenCV's traceback once
+the tool has begun.
 
 Configs come as files, or, for the tools that read them with
 :func:`mmcvt.analysis.config_from`, as ``package::path`` names of an
@@ -58,6 +59,27 @@ def check_checkpoint(path, what='the checkpoint'):
         _check_file(path, what, 'a checkpoint file or URL')
 
 
+def check_graph(path, what='the graph'):
+    """Raises FileNotFoundError unless ``path`` is a file: an exported
+    graph, which onnxruntime reads from a file only."""
+    _check_file(path, what, 'an .onnx file of tools/deployment/export_onnx.py')
+
+
+def check_weights(path, what='the weights'):
+    """Raises FileNotFoundError unless ``path`` is a checkpoint (see
+    :func:`check_checkpoint`) or, when its name ends in ``.onnx``, a graph
+    file (see :func:`check_graph`)."""
+    if os.fspath(path).lower().endswith('.onnx'):
+        check_graph(path, what)
+    else:
+        check_checkpoint(path, what)
+
+
+def check_image_file(path, what='the image'):
+    """Raises FileNotFoundError unless ``path`` is a file."""
+    _check_file(path, what, 'an image file')
+
+
 config_file = argument_type(check_config_file, 'config_file',
                             'argparse type: a config file that exists.')
 config_name = argument_type(
@@ -66,3 +88,10 @@ config_name = argument_type(
     '``package::path`` (see check_config_name).')
 checkpoint_path = argument_type(check_checkpoint, 'checkpoint_path',
                                 'argparse type: a checkpoint file or URL.')
+graph_file = argument_type(check_graph, 'graph_file',
+                           'argparse type: an exported .onnx graph file.')
+weights_path = argument_type(
+    check_weights, 'weights_path',
+    'argparse type: a checkpoint file or URL, or an .onnx graph file.')
+image_file = argument_type(check_image_file, 'image_file',
+                           'argparse type: an image file that exists.')

@@ -28,7 +28,6 @@ import gc
 import json
 import os
 import os.path as osp
-import platform
 import resource
 import subprocess
 import sys
@@ -36,6 +35,7 @@ import sys
 import torch
 
 from mmcvt.analysis import PeakMemory, image_size, median_latency, positive_int
+from mmcvt.utils.machine import cpu_name
 from mmcvt.utils.output_paths import output_dir
 
 RESULT_MARK = 'BENCHMARK-RESULT '
@@ -298,13 +298,7 @@ def limit_memory(gigabytes):
 def machine():
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
-    cpu = platform.processor() or platform.machine()
-    with open('/proc/cpuinfo') as f:
-        names = [
-            line.split(':', 1)[1].strip() for line in f
-            if line.startswith('model name')
-        ]
-    return f'{names[0] if names else cpu}, {os.cpu_count()} cores'
+    return f'{cpu_name()}, {os.cpu_count()} cores'
 
 
 def cell(value, fmt):

@@ -29,7 +29,6 @@ import argparse
 import collections
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -41,9 +40,12 @@ import mmcvt  # noqa: F401  registers CvT
 from mmcvt.analysis import config_from, image_size, positive_int
 from mmcvt.deployment import onnx_export
 from mmcvt.deployment.detection_check import predicted_instances
-from mmcvt.deployment.inputs import INPUT_NAME, random_image
+from mmcvt.deployment.inputs import INPUT_NAME, predicted_samples, random_image
 from mmcvt.deployment.runtime import graph_metadata
 from mmcvt.fileio import install_checkpoint_loaders
+from mmcvt.utils.input_paths import checkpoint_path, config_name, graph_file
+from mmcvt.utils.machine import cpu_name
+from mmcvt.utils.output_paths import output_dir, output_file
 
 
 def parse_args(argv=None):
@@ -52,12 +54,19 @@ def parse_args(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split('\n\n', 1)[1])
     parser.add_argument(
-        'config', help='the config the graph was exported '
-        'from')
+        'config',
+        type=config_name,
+        help='the config the graph was exported from (a file, or mmdet::/'
+        'mmseg:: and a config path)')
     parser.add_argument(
-        'graph', help='the .onnx file of tools/deployment/export_onnx.py')
+        'graph',
+        type=graph_file,
+        help='the .onnx file of tools/deployment/export_onnx.py')
     parser.add_argument(
-        'checkpoint', nargs='?', help='loaded strictly; default: random')
+        'checkpoint',
+        nargs='?',
+        type=checkpoint_path,
+        help='loaded strictly; default: random')
     parser.add_argument(
         '--sizes',
         type=image_size,
@@ -76,28 +85,13 @@ def parse_args(argv=None):
     parser.add_argument(
         '--profile',
         metavar='DIR',
+        type=output_dir,
         help='write onnxruntime\'s profile of one run at each size here, '
         'and print where its time goes')
-    parser.add_argument('--json', help='write the results here as well')
+    parser.add_argument(
+        '--json', type=output_file, help='write the results here as well')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
-    args = parser.parse_args(argv)
-    if not os.path.isfile(args.graph):
-        parser.error(f'{args.graph} does not exist')
-    return args
-
-
-def predicted_segmentation(model, image):
-    """A segmentor's ``predict`` on ``image`` (1, 3, H, W) RGB 0..255,
-    through its data preprocessor."""
-    from mmseg.structures import SegDataSample
-    height, width = image.shape[2:]
-    meta = dict(img_shape=(height, width), ori_shape=(height, width))
-    with torch.no_grad():
-        data = model.data_preprocessor(
-            dict(
-                inputs=[image[0].flip(0).to(torch.uint8)],
-                data_samples=[SegDataSample(metainfo=meta)]))
-        return model.predict(data['inputs'], data['data_samples'])
+    return parser.parse_args(argv)
 
 
 def eager_step(model, graph):
@@ -106,7 +100,8 @@ def eager_step(model, graph):
     if part == 'model' and onnx_export.is_detector(model):
         return lambda image: predicted_instances(model, image)
     if part == 'model':
-        return lambda image: predicted_segmentation(model, image)
+        from mmseg.structures import SegDataSample
+        return lambda image: predicted_samples(model, image, SegDataSample)
     module = onnx_export.raw_image_module(model, part)
 
     def features(image):
@@ -195,21 +190,10 @@ def print_result(result):
                         for op, share in list(shares.items())[:8]))
 
 
-def cpu_name():
-    """The CPU's model name (Linux), else the machine's architecture."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
-
-
 def main(argv=None):
     install_checkpoint_loaders()  # weights-only Runner checkpoints
     args = parse_args(argv)
+    onnx_export.check_onnx_extra()
     import onnxruntime
     print(f'{cpu_name()}, {args.threads} threads, median of {args.repeat} '
           f'after {args.warmup} warm-up, torch {torch.__version__}, '

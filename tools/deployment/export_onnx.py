@@ -22,7 +22,6 @@ palette go into the graph's metadata, for tools/infer.py.
 Needs the onnx extra: ``pip install -e '.[onnx]'``.
 """
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -40,7 +39,7 @@ from mmcvt.deployment import detection_check, onnx_export
 from mmcvt.deployment.detectors import Detections
 from mmcvt.deployment.inputs import random_image
 from mmcvt.fileio import install_checkpoint_loaders
-from mmcvt.utils.input_paths import checkpoint_path, config_name
+from mmcvt.utils.input_paths import checkpoint_path, config_name, image_file
 from mmcvt.utils.output_paths import output_file
 
 EXAMPLE_BATCH = 2  # not 1 where the batch is dynamic: the exporter fixes 1
@@ -94,7 +93,8 @@ def parse_args(argv=None):
         help='run onnxruntime and PyTorch at --verify-shapes (and on '
         '--verify-images) and compare: exit 1 if a relative error is above '
         '--tolerance, or, for a detector, if a detection has no partner '
-        '(same label, box IoU >= 0.99, score within 1e-3, mask IoU >= 0.98)')
+        '(same label, box IoU >= 0.99, score within 1e-3, mask IoU >= 0.98)'
+        '. --verify-shapes and --verify-images imply it')
     parser.add_argument(
         '--verify-shapes',
         type=shape_arg,
@@ -105,6 +105,7 @@ def parse_args(argv=None):
     parser.add_argument(
         '--verify-images',
         nargs='+',
+        type=image_file,
         metavar='IMAGE',
         default=[],
         help='image files to verify on too, each at its own size (a '
@@ -116,7 +117,13 @@ def parse_args(argv=None):
         help='largest relative error --verify accepts for segmentors and '
         'feature maps (default 1e-4, for fp32)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # naming sizes or images to verify on asks for the verification: so
+    # MMDeploy's deploy.py runs the converted model on its --test-img, where
+    # MMDetection 2's pytorch2onnx.py ignored --test-img without --verify.
+    # Refusing them alone would only ask for a flag that says nothing more
+    args.verify = args.verify or bool(args.verify_shapes or args.verify_images)
+    return args
 
 
 def odd(size):
@@ -154,14 +161,6 @@ def describe(module_name, part):
         'neck': f'the backbone and neck of {module_name}',
         'backbone': f'the backbone of {module_name}'
     }[part]
-
-
-def check_onnx_extra():
-    for name in ('onnx', 'onnxruntime', 'onnxscript'):
-        if importlib.util.find_spec(name) is None:
-            raise ImportError(f'{name} is missing: the export needs the onnx '
-                              f'extra, `pip install -e ".[onnx]"` in the '
-                              f'checkout (make install does it)')
 
 
 def verify_images(shapes, paths):
@@ -212,7 +211,7 @@ def verify_tensors(path, module, images, tolerance):
 def main(argv=None):
     install_checkpoint_loaders()  # weights-only Runner checkpoints
     args = parse_args(argv)
-    check_onnx_extra()
+    onnx_export.check_onnx_extra()
     # before the minutes of the export, not after
     mmengine.mkdir_or_exist(os.path.dirname(os.path.abspath(args.out)))
     cfg = config_from(args.config)
@@ -247,6 +246,9 @@ def export_and_verify(cfg, args):
     if args.verify:
         for shape in shapes:
             onnx_export.check_runs_at(module, shape, '--verify-shapes')
+        # read before the minutes of the export: one OpenCV cannot decode
+        # is an error then
+        images = verify_images(shapes, args.verify_images)
 
     start = time.perf_counter()
     example_shape = (1 if 0 not in axes else EXAMPLE_BATCH, 3, *args.shape)
@@ -261,7 +263,6 @@ def export_and_verify(cfg, args):
 
     if not args.verify:
         return 0
-    images = verify_images(shapes, args.verify_images)
     if detector:
         return verify_detections(args.out, model, module, images)
     return verify_tensors(args.out, module, images, args.tolerance)

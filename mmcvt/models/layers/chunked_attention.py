@@ -9,7 +9,7 @@ about 4.5 GB for CvT-13's first stage (67200 queries by 16800 keys), and
 writing and reading it costs more than the matmuls. Queries attend
 independently of each other, so in chunks that run one after another the
 graph holds a chunk's share of the matrix at a time, and the result is the
-same (README, "ONNX export", has the speed of the graphs). The number of
+same (the graphs' speed: docs/en/deployment.md, "ONNX export"). The number of
 chunks is fixed because a graph without a loop op (which torch's exporter
 does not make of a Python loop) cannot repeat a step a number of times
 that depends on the image's size.
