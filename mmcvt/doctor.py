@@ -38,6 +38,7 @@ from typing import NamedTuple, Optional, Tuple
 
 OK, INFO, WARN, FAIL = 'ok', '--', 'warn', 'FAIL'
 
+# setup.py's onnx extra: the export, and onnxruntime that runs its graphs
 ONNX_EXTRA = ('onnx', 'onnxruntime', 'onnxscript')
 REINSTALL = ('reinstall mmcvt: `pip install -e .` in the checkout, or '
              '`pip install mmcvt-*.whl`')

@@ -4,6 +4,8 @@ model is built or a result computed."""
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 
 import mmcv
 import numpy as np
@@ -11,6 +13,8 @@ import pytest
 import torch
 
 from mmcvt import config_paths
+from mmcvt.engine.runner_setup import UnusableWorkDir
+from mmcvt.utils.arguments import UsageError, run_tool
 from mmcvt.utils.output_paths import check_output_dir, check_output_file
 from .tiny_models import save_checkpoint, write_tiny_config
 from .utils import REPO, load_tool
@@ -302,7 +306,7 @@ def test_a_checkpoint_of_integers_is_refused_naming_the_tensors(
 # ---- tools/test.py and tools/train.py ---------------------------------------
 def test_train_with_an_empty_work_dir_is_an_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # where an empty work dir would write
-    with pytest.raises(ValueError, match='the work dir is empty'):
+    with pytest.raises(UnusableWorkDir, match='the work dir is empty'):
         train_tool.main([DEMO, '--work-dir', ''])
     assert list(tmp_path.iterdir()) == []
 
@@ -311,7 +315,7 @@ def test_train_with_a_file_as_work_dir_is_an_error_naming_it(tmp_path):
     file = tmp_path / 'notes.txt'
     file.write_text('')
     with pytest.raises(
-            NotADirectoryError, match=f'the work dir {file} is a file'):
+            UnusableWorkDir, match=f'the work dir {file} is a file'):
         train_tool.main([DEMO, '--work-dir', str(file)])
 
 
@@ -320,10 +324,77 @@ def test_train_with_a_work_dir_under_a_file_is_an_error_naming_the_file(
     file = tmp_path / 'notes.txt'
     file.write_text('')
     with pytest.raises(
-            NotADirectoryError,
+            UnusableWorkDir,
             match=f'the work dir {file}/run cannot be made: {file} is a '
             f'file'):
         train_tool.main([DEMO, '--work-dir', str(file / 'run')])
+
+
+def test_a_usage_error_ends_a_tool_with_its_message_and_status_2(
+        capsys, monkeypatch):
+    monkeypatch.setattr('sys.argv', ['tools/train.py'])
+
+    def main():
+        raise UsageError('the data are not there')
+
+    with pytest.raises(SystemExit) as exit_:
+        run_tool(main)
+    assert exit_.value.code == 2
+    assert capsys.readouterr(
+    ).err == 'train.py: error: the data are not there\n'
+
+
+def test_another_error_of_a_tool_keeps_its_traceback():
+
+    def main():
+        raise ValueError('a bug')
+
+    with pytest.raises(ValueError, match='a bug'):
+        run_tool(main)
+
+
+def run_train_script(*argv, cwd):
+    """tools/train.py run as a user runs it, in a process of its own."""
+    return subprocess.run(
+        [sys.executable, str(REPO / 'tools/train.py'), *argv],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300)
+
+
+def test_train_on_data_that_are_not_there_says_so_without_a_traceback(
+        tmp_path):
+    result = run_train_script(SEG_DEMO, '--work-dir', 'run', cwd=tmp_path)
+    assert result.returncode == 2
+    assert 'Traceback' not in result.stderr
+    assert result.stderr.startswith(
+        'train.py: error: data/shapes_seg/images/training does not exist: ')
+    assert not (tmp_path / 'run').exists()
+
+
+def test_train_resuming_from_a_checkpoint_that_is_not_there_says_so_without_a_traceback(  # noqa: E501
+        tmp_path):
+    make_shapes.main([
+        '--task', 'semseg', '--out',
+        str(tmp_path / 'data'), '--num-train', '2', '--num-val', '2'
+    ])
+    data_root = f'{tmp_path}/data/'
+    missing = tmp_path / 'epoch_3.pth'
+    result = run_train_script(
+        SEG_DEMO,
+        '--work-dir',
+        'run',
+        '--resume',
+        str(missing),
+        '--cfg-options',
+        *(f'{split}_dataloader.dataset.data_root={data_root}'
+          for split in ('train', 'val', 'test')),
+        cwd=tmp_path)
+    assert result.returncode == 2
+    assert 'Traceback' not in result.stderr
+    assert result.stderr.startswith(
+        f'train.py: error: cannot resume from {missing}: it does not exist. ')
 
 
 # ---- tools/misc/show_predictions.py -----------------------------------------

@@ -12,9 +12,9 @@ from mmengine.registry import DATASETS, HOOKS, MODELS
 
 from mmcvt.fileio import load_from_local_file
 from mmcvt.models import CvT
-from .utils import (REPO, Interrupted, dist_train, load_repo_config, load_tool,
-                    predictions_png_cells, run_fresh,
-                    save_untrained_checkpoint, shapes_options)
+from .utils import (CHECKPOINT_URL, REPO, Interrupted, dist_train,
+                    load_repo_config, load_tool, predictions_png_cells,
+                    run_fresh, save_untrained_checkpoint, shapes_options)
 
 make_shapes = load_tool('misc/make_shapes_dataset.py')
 train_tool = load_tool('train.py')
@@ -437,7 +437,7 @@ def test_train_work_dir_defaults_to_work_dirs_and_the_config_name():
 def test_test_out_dumps_the_predictions_beside_the_metrics():
     cfg = test_tool.build_config(
         test_tool.parse_args(
-            [str(REPO / DEMO), 'model.pth', '--out', 'results.pkl']))
+            [str(REPO / DEMO), CHECKPOINT_URL, '--out', 'results.pkl']))
     assert [e['type']
             for e in cfg.test_evaluator] == ['CocoMetric', 'DumpResults']
 
@@ -445,6 +445,6 @@ def test_test_out_dumps_the_predictions_beside_the_metrics():
 def test_test_show_dir_turns_on_the_visualization_hook():
     cfg = test_tool.build_config(
         test_tool.parse_args(
-            [str(REPO / DEMO), 'model.pth', '--show-dir', 'vis']))
+            [str(REPO / DEMO), CHECKPOINT_URL, '--show-dir', 'vis']))
     hook = cfg.default_hooks.visualization
     assert hook.draw and hook.test_out_dir == 'vis'

@@ -11,8 +11,8 @@ from mmengine.model import revert_sync_batchnorm
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import DATASETS, MODELS
 
-from .utils import (REPO, dist_train, load_repo_config, load_tool,
-                    predictions_png_cells, run_fresh,
+from .utils import (CHECKPOINT_URL, REPO, dist_train, load_repo_config,
+                    load_tool, predictions_png_cells, run_fresh,
                     save_untrained_checkpoint, shapes_options)
 
 train_tool = load_tool('train.py')
@@ -246,7 +246,7 @@ def test_dist_train_sh_trains_syncbn_heads_in_two_cpu_processes(
 def test_test_tta_runs_the_multi_scale_flip_pipeline():
     cfg = test_tool.build_config(
         test_tool.parse_args(
-            [str(REPO / ADE_CONFIGS[0]), 'model.pth', '--tta']))
+            [str(REPO / ADE_CONFIGS[0]), CHECKPOINT_URL, '--tta']))
     assert cfg.model.type == 'SegTTAModel'
     assert cfg.model.module.backbone.type == 'CvT'
     assert cfg.test_dataloader.dataset.pipeline[1].type == 'TestTimeAug'
@@ -255,6 +255,6 @@ def test_test_tta_runs_the_multi_scale_flip_pipeline():
 def test_test_show_dir_saves_through_the_segmentation_visualizer():
     cfg = test_tool.build_config(
         test_tool.parse_args(
-            [str(REPO / ADE_CONFIGS[0]), 'model.pth', '--show-dir', 'vis']))
+            [str(REPO / ADE_CONFIGS[0]), CHECKPOINT_URL, '--show-dir', 'vis']))
     assert cfg.default_hooks.visualization.draw
     assert cfg.visualizer.save_dir == 'vis'

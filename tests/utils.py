@@ -26,6 +26,9 @@ def _installed_stack():
 STACK = _installed_stack()
 # Reference data produced by the official CvT code (see its README.md)
 FIXTURES = REPO / 'tests' / 'data'
+# a checkpoint argument of tools/test.py for tests of its config alone: a URL
+# passes the argument's check, and nothing is downloaded before the run
+CHECKPOINT_URL = 'https://download.example.com/model.pth'
 
 # Non-default widths, heads and depths for transformers' CvT (it indexes its
 # drop-path rates by stage, so each stage needs more blocks than its index).

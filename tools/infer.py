@@ -49,6 +49,7 @@ import mmcvt  # noqa: F401  registers CvT
 from mmcvt.deployment import onnx_export, runtime
 from mmcvt.engine import load_checkpoint_strictly
 from mmcvt.fileio import install_checkpoint_loaders
+from mmcvt.utils.arguments import run_tool
 from mmcvt.utils.input_paths import config_file, weights_path
 from mmcvt.utils.output_paths import output_dir
 
@@ -387,4 +388,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_tool(main))

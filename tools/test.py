@@ -10,6 +10,7 @@ import argparse
 import mmcvt  # noqa: F401  registers CvT and the hooks
 from mmcvt.engine import (add_runner_arguments, build_runner, check_data_paths,
                           cpu_distributed, load_config)
+from mmcvt.utils.arguments import run_tool
 from mmcvt.utils.input_paths import checkpoint_path, config_file
 from mmcvt.utils.output_paths import output_dir, output_file
 
@@ -81,4 +82,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main)

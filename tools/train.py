@@ -11,6 +11,7 @@ import argparse
 import mmcvt  # noqa: F401  registers CvT and the hooks
 from mmcvt.engine import (add_runner_arguments, build_runner, check_data_paths,
                           cpu_distributed, hold_work_dir, load_config, use_amp)
+from mmcvt.utils.arguments import run_tool
 from mmcvt.utils.input_paths import config_file
 
 
@@ -69,4 +70,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main)

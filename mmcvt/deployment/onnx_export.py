@@ -41,11 +41,10 @@ import torch.nn.functional as F
 from mmengine.model import revert_sync_batchnorm
 
 from ..compat import is_dynamic_size_specialized
+from ..doctor import ONNX_EXTRA
 from .deformable import replaced_mmcv_ops, with_sizes_as_numbers
 from .inputs import INPUT_NAME, RawImageInput, random_image
 
-# setup.py's onnx extra: the export, and onnxruntime that runs its graphs
-ONNX_EXTRA = ('onnx', 'onnxruntime', 'onnxscript')
 PARTS = ('model', 'neck', 'backbone')
 DYNAMIC_AXES = {0: 'batch', 2: 'height', 3: 'width'}
 # more than twice the coarsest stride of these models (128, RetinaNet's P7):

@@ -16,12 +16,26 @@ from mmengine.runner import CheckpointLoader, Runner, load_checkpoint
 from ..compat import is_strict_load_mismatch
 from ..fileio import (checkpoint_file_problem, install_checkpoint_loaders,
                       kind_mismatches, name_keys)
+from ..utils.arguments import UsageError
 from .hooks import (RandomStatesHook, StopOnNonFiniteLossHook,
                     checkpoint_name_template, checkpoint_step_parser,
                     partial_path, publish)
 
 # mmengine's Runner.load_checkpoint and load_checkpoint strip DDP's prefix
 REVISE_KEYS = [(r'^module\.', '')]
+
+
+class CheckpointMismatch(UsageError, RuntimeError):
+    """A checkpoint whose keys or shapes are not the model's."""
+
+
+class WeightKindMismatch(UsageError, TypeError):
+    """A checkpoint whose tensors are other kinds of number than the
+    model's."""
+
+
+class CannotResume(UsageError, RuntimeError):
+    """A checkpoint to resume from that is absent or cut short."""
 
 
 @contextmanager
@@ -34,7 +48,7 @@ def explain_checkpoint_mismatch(filename):
     except RuntimeError as error:
         if not is_strict_load_mismatch(error):
             raise
-        raise RuntimeError(
+        raise CheckpointMismatch(
             f'checkpoint {filename} does not fit the model: {error}\n'
             f'Check that it was saved from a model of this config. To start '
             f'training from a checkpoint that fits only in part (a head with '
@@ -59,7 +73,7 @@ def check_weight_kinds(model, checkpoint, filename, revise_keys=REVISE_KEYS):
         }
     mismatches = kind_mismatches(state_dict, model.state_dict())
     if mismatches:
-        raise TypeError(
+        raise WeightKindMismatch(
             f'checkpoint {filename} holds integers where the model has '
             f'floating point numbers, or the reverse: '
             f'{name_keys(mismatches)}. Loaded, they would be whole numbers '
@@ -239,7 +253,7 @@ def _checkpoint_to_resume(cfg, directory, step_of, notes):
     previous = _newest_complete_checkpoint(
         osp.dirname(latest), latest, step_of)
     if named or previous is None:
-        raise RuntimeError(f'cannot resume from {latest}: {problem}. ' + (
+        raise CannotResume(f'cannot resume from {latest}: {problem}. ' + (
             f'The newest complete checkpoint beside it is {previous}: '
             f'resume from it with --resume {previous}' if previous else
             'There is no complete checkpoint beside it to resume from; '

@@ -14,8 +14,25 @@ from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
 from mmengine.registry import MODEL_WRAPPERS, RUNNERS
 
 from ..fileio import install_checkpoint_loaders
+from ..utils.arguments import UsageError
 from ..utils.output_paths import check_output_dir
 from .runner import StrictCheckpointRunner
+
+
+class UnusableWorkDir(UsageError, ValueError):
+    """A work dir that is empty, a file, or cannot be made."""
+
+
+class MissingData(UsageError, FileNotFoundError):
+    """A path of a config's data that does not exist."""
+
+
+class UnreadableAnnotations(UsageError, ValueError):
+    """A config's annotation file that cannot be read."""
+
+
+class UnsupportedLauncher(UsageError, ValueError):
+    """A launcher that cannot run on this machine."""
 
 
 def add_runner_arguments(parser):
@@ -51,7 +68,10 @@ def load_config(args):
     # before anything is built: the Runner would write logs and checkpoints
     # into the current directory for an empty work_dir, and fail with a bare
     # FileExistsError on a file
-    check_output_dir(cfg.work_dir, 'the work dir')
+    try:
+        check_output_dir(cfg.work_dir, 'the work dir')
+    except (ValueError, OSError) as error:
+        raise UnusableWorkDir(str(error)) from error
     return cfg
 
 
@@ -148,7 +168,7 @@ def _check_exists(path, reader, option, checked):
         return
     checked.add(path)
     if not osp.exists(path):
-        raise FileNotFoundError(
+        raise MissingData(
             f'{path} does not exist: {reader}. Put the data there (see '
             f'docs/en/train_test.md), or point the config at it with '
             f'--cfg-options {option}=...')
@@ -156,10 +176,10 @@ def _check_exists(path, reader, option, checked):
         json_file_problem(path)
         if path.endswith('.json') and osp.isfile(path) else None)
     if problem:
-        raise ValueError(f'{path} cannot be read: {problem}. {reader}. '
-                         f'Write it again (a copy or download cut short?), '
-                         f'or point the config at another with '
-                         f'--cfg-options {option}=...')
+        raise UnreadableAnnotations(
+            f'{path} cannot be read: {problem}. {reader}. Write it again (a '
+            f'copy or download cut short?), or point the config at another '
+            f'with --cfg-options {option}=...')
 
 
 # Parsing costs time and memory of some times the file's size, and the
@@ -211,9 +231,9 @@ def cpu_distributed(cfg):
         yield
         return
     if cfg.launcher != 'pytorch':
-        raise ValueError(f'without a GPU, only the "pytorch" launcher '
-                         f'(torchrun, tools/dist_train.sh) is supported, not '
-                         f'{cfg.launcher!r}')
+        raise UnsupportedLauncher(
+            f'without a GPU, only the "pytorch" launcher (torchrun, '
+            f'tools/dist_train.sh) is supported, not {cfg.launcher!r}')
     dist_cfg = cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})
     if dist_cfg.get('backend') != 'gloo':
         print_log(

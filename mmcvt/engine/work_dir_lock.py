@@ -30,6 +30,8 @@ import threading
 import time
 from contextlib import contextmanager, suppress
 
+from ..utils.arguments import UsageError
+
 try:
     import fcntl
 except ImportError:  # Windows: the pid and the heartbeat alone
@@ -47,7 +49,7 @@ _RANK_VARIABLES = {
 }
 
 
-class WorkDirInUse(RuntimeError):
+class WorkDirInUse(UsageError, RuntimeError):
     """Another training holds the work dir."""
 
 

@@ -38,6 +38,7 @@ from mmcvt.analysis import (PeakMemory, build_test_dataset, median_latency,
                             positive_int)
 from mmcvt.engine import build_runner, check_data_paths
 from mmcvt.fileio import install_checkpoint_loaders
+from mmcvt.utils.arguments import run_tool
 from mmcvt.utils.input_paths import checkpoint_path, config_file
 from mmcvt.utils.output_paths import output_dir
 
@@ -319,4 +320,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main)

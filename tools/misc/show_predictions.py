@@ -21,6 +21,7 @@ import mmcvt  # noqa: F401  registers CvT and the hooks
 from mmcvt.analysis import build_test_dataset
 from mmcvt.engine import load_checkpoint_strictly
 from mmcvt.fileio import install_checkpoint_loaders
+from mmcvt.utils.arguments import run_tool
 from mmcvt.utils.input_paths import checkpoint_path, config_file
 from mmcvt.utils.output_paths import output_file
 
@@ -141,4 +142,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main)
