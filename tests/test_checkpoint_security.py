@@ -268,6 +268,27 @@ def test_tools_test_py_refuses_each_file_unrun(crafted_file, marker, shapes,
 
 
 @pytest.mark.slow
+def test_tools_test_py_run_as_a_script_refuses_a_file_without_a_traceback(
+        crafted, marker, shapes, tiny_demo, tmp_path):
+    path = crafted['reduce_payload']
+    result = subprocess.run([
+        sys.executable,
+        str(REPO / 'tools/test.py'),
+        str(tiny_demo),
+        str(path), *shapes_options(shapes, tmp_path, tmp_path.name)
+    ],
+                            capture_output=True,
+                            text=True,
+                            cwd=tmp_path,
+                            timeout=600)
+    assert result.returncode == 2
+    assert 'Traceback' not in result.stderr
+    assert re.search('test.py: error: ' + refusal('reduce_payload', path),
+                     result.stderr)
+    assert not marker.exists()
+
+
+@pytest.mark.slow
 def test_train_py_resume_refuses_each_file_unrun(crafted_file, marker, shapes,
                                                  tiny_demo, tmp_path):
     name, path = crafted_file

@@ -32,11 +32,18 @@ import torch
 from mmengine.logging import HistoryBuffer, print_log
 
 from ..compat import history_buffer_pickled_state
+from ..utils.arguments import UsageError
 
 try:
     from numpy._core import multiarray
 except ImportError:  # numpy < 1.26
     from numpy.core import multiarray
+
+
+class UntrustedCheckpoint(UsageError, pickle.UnpicklingError):
+    """A checkpoint that a weights-only read refuses and no digest in
+    ``MMCVT_TRUSTED_CHECKPOINTS`` allows."""
+
 
 # The one opt-in to a full unpickle: SHA-256 digests of files the user
 # trusts, separated by commas or spaces. A digest, not a path: it names the
@@ -287,7 +294,7 @@ def load_weights_only(filename, map_location=None):
     others = (f' ({TRUST_VARIABLE} names {len(trusted)} other '
               f'digest{"s" if len(trusted) > 1 else ""}, not this file\'s)'
               if trusted else '')
-    raise pickle.UnpicklingError(
+    raise UntrustedCheckpoint(
         f'{filename} holds Python objects other than weights and mmengine '
         f'Runner state: {"; ".join(reason)}. It was not loaded: unpickling '
         f'it in full would run whatever code it carries. If you trust the '
