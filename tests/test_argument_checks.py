@@ -353,6 +353,13 @@ def test_another_error_of_a_tool_keeps_its_traceback():
         run_tool(main)
 
 
+def usage_error_line(stderr):
+    """The line of a tool's stderr that run_tool wrote, after any warnings
+    of the libraries."""
+    line, = [line for line in stderr.splitlines() if ': error: ' in line]
+    return line
+
+
 def run_train_script(*argv, cwd):
     """tools/train.py run as a user runs it, in a process of its own."""
     return subprocess.run(
@@ -368,7 +375,7 @@ def test_train_on_data_that_are_not_there_says_so_without_a_traceback(
     result = run_train_script(SEG_DEMO, '--work-dir', 'run', cwd=tmp_path)
     assert result.returncode == 2
     assert 'Traceback' not in result.stderr
-    assert result.stderr.startswith(
+    assert usage_error_line(result.stderr).startswith(
         'train.py: error: data/shapes_seg/images/training does not exist: ')
     assert not (tmp_path / 'run').exists()
 
@@ -393,8 +400,29 @@ def test_train_resuming_from_a_checkpoint_that_is_not_there_says_so_without_a_tr
         cwd=tmp_path)
     assert result.returncode == 2
     assert 'Traceback' not in result.stderr
-    assert result.stderr.startswith(
+    assert usage_error_line(result.stderr).startswith(
         f'train.py: error: cannot resume from {missing}: it does not exist. ')
+
+
+def test_export_of_a_checkpoint_that_does_not_fit_says_so_without_a_traceback(
+        tmp_path):
+    checkpoint = tmp_path / 'other.pth'
+    torch.save({'state_dict': {'head.weight': torch.ones(2)}}, checkpoint)
+    result = subprocess.run([
+        sys.executable,
+        str(REPO / 'tools/deployment/export_onnx.py'), SEG_DEMO,
+        str(checkpoint), '--out',
+        str(tmp_path / 'model.onnx')
+    ],
+                            capture_output=True,
+                            text=True,
+                            timeout=300)
+    assert result.returncode == 2
+    assert 'Traceback' not in result.stderr
+    assert usage_error_line(result.stderr).startswith(
+        f'export_onnx.py: error: checkpoint {checkpoint} does not fit the '
+        f'model: ')
+    assert not (tmp_path / 'model.onnx').exists()
 
 
 # ---- tools/misc/show_predictions.py -----------------------------------------

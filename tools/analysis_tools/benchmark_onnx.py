@@ -43,6 +43,7 @@ from mmcvt.deployment.detection_check import predicted_instances
 from mmcvt.deployment.inputs import INPUT_NAME, predicted_samples, random_image
 from mmcvt.deployment.runtime import graph_metadata
 from mmcvt.fileio import install_checkpoint_loaders
+from mmcvt.utils.arguments import run_tool
 from mmcvt.utils.input_paths import checkpoint_path, config_name, graph_file
 from mmcvt.utils.machine import cpu_name
 from mmcvt.utils.output_paths import output_dir, output_file
@@ -214,4 +215,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_tool(main))

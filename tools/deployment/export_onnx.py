@@ -39,6 +39,7 @@ from mmcvt.deployment import detection_check, onnx_export
 from mmcvt.deployment.detectors import Detections
 from mmcvt.deployment.inputs import random_image
 from mmcvt.fileio import install_checkpoint_loaders
+from mmcvt.utils.arguments import run_tool
 from mmcvt.utils.input_paths import checkpoint_path, config_name, image_file
 from mmcvt.utils.output_paths import output_file
 
@@ -269,4 +270,4 @@ def export_and_verify(cfg, args):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_tool(main))
