@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from .inputs import predicted_samples
+from .inputs import INPUT_NAME, predicted_samples
 
 BOX_IOU = 0.99
 SCORE_DIFFERENCE = 1e-3
@@ -179,7 +179,6 @@ def verify_detections(path, model, module, images):
     Returns:
         list[DetectionComparison]: One for each image.
     """
-    from .inputs import INPUT_NAME
     from .onnx_export import onnxruntime_session
     session = onnxruntime_session(path)
     names = [output.name for output in session.get_outputs()]
